@@ -1,0 +1,256 @@
+package overlay
+
+import (
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/spf13/afero"
+)
+
+// copyUp makes sure the upper holds its own copy of the non-directory e,
+// which a lower layer holds. With data false (the caller truncates it) the
+// content is not copied. Racing copy-ups of one path share one copy. When it
+// returns, the upper holds the file, or the name has since been changed by
+// another call; the caller looks it up again either way.
+func (o *Overlay) copyUp(e entry, data bool) error {
+	_, err, _ := o.copies.Do(e.path, func() (any, error) {
+		return nil, o.copyUpFile(e, data)
+	})
+	return err
+}
+
+// copyUpFile copies e into the work directory without holding any lock,
+// then renames the copy into place if e is still what the name shows.
+func (o *Overlay) copyUpFile(e entry, data bool) error {
+	tmp, err := o.copyToWork(e, data)
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	cur, err := o.walk(e.path, false)
+	if err == nil && (!cur.found || cur.layer != e.layer) {
+		err = errStale
+	}
+	if err == nil {
+		err = o.placeCopy(tmp, e.path)
+	}
+	if err != nil {
+		o.discard(tmp)
+		if err == errStale {
+			return nil
+		}
+		return err
+	}
+	o.handles.copiedUp(e.path)
+	return nil
+}
+
+// errStale says a copy-up found the name changed under it; the copy is
+// thrown away and the caller's next lookup sees the new state.
+var errStale = sentinel("overlay: name changed during the operation")
+
+// sentinel is the type of the overlay's internal signals between workers;
+// none reaches a caller.
+type sentinel string
+
+func (s sentinel) Error() string { return string(s) }
+
+// placeCopy renames the finished copy tmp to name in the upper, creating the
+// parent directories first. The parent's times are kept, as the kernel keeps
+// them: a copy-up changes nothing a reader of the merged view can see.
+// The caller holds o.mu for writing.
+func (o *Overlay) placeCopy(tmp, name string) error {
+	parent := parentOf(name)
+	if err := o.ensureUpperDir(parent); err != nil {
+		return err
+	}
+	up := o.layers[0]
+	pinfo, err := up.lstat(parent)
+	if err != nil {
+		return err
+	}
+	if err := up.fs.Rename(up.path(tmp), up.path(name)); err != nil {
+		return err
+	}
+	return up.setTimes(parent, pinfo)
+}
+
+// ensureUpperDir makes sure the directory dir, a resolved name, exists in
+// the upper, copying it and its missing parents up with their lower modes,
+// owners and times. The caller holds o.mu for writing.
+func (o *Overlay) ensureUpperDir(dir string) error {
+	r, err := o.walk(dir, false)
+	switch {
+	case err != nil:
+		return err
+	case !r.found:
+		return errNotExist
+	case r.inUpper():
+		return nil
+	}
+	if err := o.ensureUpperDir(r.parent.path); err != nil {
+		return err
+	}
+	tmp, err := o.makeWorkDir(r.info)
+	if err != nil {
+		return err
+	}
+	if err := o.placeCopy(tmp, dir); err != nil {
+		o.discard(tmp)
+		return err
+	}
+	return nil
+}
+
+// makeWorkDir creates an empty directory in the work directory with the
+// mode, owner and times that info describes.
+func (o *Overlay) makeWorkDir(info fs.FileInfo) (string, error) {
+	up := o.layers[0]
+	tmp := o.tmpName()
+	if err := up.fs.Mkdir(up.path(tmp), 0o700); err != nil {
+		return "", err
+	}
+	if err := up.copyAttrs(tmp, info); err != nil {
+		o.discard(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// copyToWork copies the file or symlink e into a new name in the work
+// directory, with its mode, owner and times, and returns that name.
+func (o *Overlay) copyToWork(e entry, data bool) (string, error) {
+	up := o.layers[0]
+	tmp := o.tmpName()
+	var err error
+	if e.isSymlink() {
+		err = o.copySymlink(e, tmp)
+	} else {
+		err = o.copyContent(e, tmp, data)
+	}
+	if err == nil {
+		err = up.copyAttrs(tmp, e.info)
+	}
+	if err != nil {
+		o.discard(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// copySymlink creates tmp in the upper as a symlink with e's target.
+func (o *Overlay) copySymlink(e entry, tmp string) error {
+	target, err := o.layers[e.layer].readlink(e.path)
+	if err != nil {
+		return err
+	}
+	return o.layers[0].symlink(target, tmp)
+}
+
+// copyContent streams e's bytes into the new upper file tmp (none if data is
+// false). Memory use is constant whatever the file's size.
+func (o *Overlay) copyContent(e entry, tmp string, data bool) error {
+	dst, err := o.layers[0].open(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if data {
+		err = copyFrom(dst, o.layers[e.layer], e.path)
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// copyFrom copies the file name of layer l into dst.
+func copyFrom(dst afero.File, l layer, name string) error {
+	src, err := l.open(name, os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer src.Close() // best effort: the source was only read
+	_, err = io.Copy(dst, src)
+	return err
+}
+
+// copyAttrs gives name in l the owner, permission bits and times that info
+// describes. The owner goes first, since changing it clears setuid bits.
+func (l layer) copyAttrs(name string, info fs.FileInfo) error {
+	symlink := info.Mode()&fs.ModeSymlink != 0
+	if uid, gid, ok := fileOwner(info); ok {
+		if err := l.chown(name, uid, gid, symlink); err != nil {
+			return err
+		}
+	}
+	if !symlink {
+		if err := l.fs.Chmod(l.path(name), info.Mode()&modeBits); err != nil {
+			return err
+		}
+	}
+	return l.setTimes(name, info)
+}
+
+// modeBits are the bits of a FileMode that chmod sets.
+const modeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+
+// setTimes gives name in l the access and modification times of info. A
+// symlink's times are set where the layer is a host directory; elsewhere
+// afero offers no way to, and they are left as they are.
+func (l layer) setTimes(name string, info fs.FileInfo) error {
+	atime, mtime := fileAtime(info), info.ModTime()
+	if info.Mode()&fs.ModeSymlink == 0 {
+		return l.fs.Chtimes(l.path(name), atime, mtime)
+	}
+	if p, ok := l.hostPath(name); ok {
+		return lchtimes(p, atime, mtime)
+	}
+	return nil
+}
+
+// chown sets the owner of name in l. A symlink's owner is set where the
+// layer is a host directory and left alone elsewhere.
+func (l layer) chown(name string, uid, gid int, symlink bool) error {
+	if !symlink {
+		return l.fs.Chown(l.path(name), uid, gid)
+	}
+	if p, ok := l.hostPath(name); ok {
+		return os.Lchown(p, uid, gid)
+	}
+	return nil
+}
+
+// tmpName returns a fresh name in the work directory.
+func (o *Overlay) tmpName() string {
+	return workDir + "/" + strconv.FormatUint(o.tmpSeq.Add(1), 36)
+}
+
+// discard removes a work-directory name left by a failed or stale operation.
+func (o *Overlay) discard(tmp string) {
+	up := o.layers[0]
+	_ = up.fs.RemoveAll(up.path(tmp)) // best effort: New clears the work directory too
+}
+
+// prepareWorkDir creates the work directory in the upper, or empties what an
+// interrupted operation left there, keeping the upper root's times.
+func (o *Overlay) prepareWorkDir() error {
+	up := o.layers[0]
+	rootInfo, err := up.lstat(".")
+	if err != nil {
+		return err
+	}
+	if err := up.fs.RemoveAll(up.path(workDir)); err != nil {
+		return err
+	}
+	if err := up.fs.Mkdir(up.path(workDir), 0o700); err != nil {
+		return err
+	}
+	return up.setTimes(".", rootInfo)
+}
+
+// atomicCounter hands out unique numbers for work-directory names.
+type atomicCounter = atomic.Uint64

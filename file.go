@@ -1,0 +1,458 @@
+package overlay
+
+import (
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/spf13/afero"
+)
+
+// file is an open file or directory of the overlay. It enforces the open
+// flags the way the kernel does, whatever the layer's own handle allows.
+type file struct {
+	o    *Overlay
+	name string // as the caller passed it, returned by Name
+	flag int
+
+	mu     sync.Mutex // guards the fields below
+	f      afero.File // the layer's handle; nil for a directory
+	node   *node      // for a read-only handle on a lower file: follows copy-up
+	gen    uint64     // the node generation that f reflects
+	dir    *dirHandle // for a directory
+	closed bool
+}
+
+var _ afero.File = (*file)(nil)
+
+// Name returns the name as passed to Open or OpenFile.
+func (f *file) Name() string { return f.name }
+
+// Read reads from the file, following it into the upper if it was copied up
+// since it was opened.
+func (f *file) Read(p []byte) (int, error) {
+	lf, err := f.reader("read")
+	if err != nil {
+		return 0, err
+	}
+	return lf.Read(p)
+}
+
+// ReadAt reads from the file at offset off. A short read always comes with
+// an error, as io.ReaderAt requires, even where the layer's handle forgets.
+func (f *file) ReadAt(p []byte, off int64) (int, error) {
+	lf, err := f.reader("read")
+	if err != nil {
+		return 0, err
+	}
+	n, err := lf.ReadAt(p, off)
+	if n < len(p) && err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// Seek sets the offset. On a directory, seeking to the start rewinds the
+// listing, as rewinddir does.
+func (f *file) Seek(offset int64, whence int) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return 0, f.errf("seek", os.ErrClosed)
+	}
+	if f.dir != nil {
+		if offset == 0 && whence == io.SeekStart {
+			f.dir.rewind()
+		}
+		return 0, nil
+	}
+	if err := f.follow(); err != nil {
+		return 0, f.errf("seek", err)
+	}
+	return f.f.Seek(offset, whence)
+}
+
+// Write writes to the file; a handle not opened for writing gets EBADF.
+func (f *file) Write(p []byte) (int, error) {
+	lf, err := f.writer("write")
+	if err != nil {
+		return 0, err
+	}
+	return lf.Write(p)
+}
+
+// WriteAt writes to the file at offset off.
+func (f *file) WriteAt(p []byte, off int64) (int, error) {
+	lf, err := f.writer("write")
+	if err != nil {
+		return 0, err
+	}
+	return lf.WriteAt(p, off)
+}
+
+// WriteString writes s to the file.
+func (f *file) WriteString(s string) (int, error) {
+	return f.Write([]byte(s))
+}
+
+// Truncate changes the file's size; a handle not opened for writing gets
+// EINVAL, as ftruncate does.
+func (f *file) Truncate(size int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closed:
+		return f.errf("truncate", os.ErrClosed)
+	case f.dir != nil || !writable(f.flag):
+		return f.errf("truncate", syscall.EINVAL)
+	}
+	return f.f.Truncate(size)
+}
+
+// Sync commits the file's contents to stable storage where the layer can.
+func (f *file) Sync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closed:
+		return f.errf("sync", os.ErrClosed)
+	case f.dir != nil:
+		return nil
+	}
+	return f.f.Sync()
+}
+
+// Stat describes the file; for a directory, the topmost copy as it is now.
+func (f *file) Stat() (os.FileInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, f.errf("stat", os.ErrClosed)
+	}
+	if f.dir != nil {
+		return f.dir.stat(f.o), nil
+	}
+	if err := f.follow(); err != nil {
+		return nil, f.errf("stat", err)
+	}
+	fi, err := f.f.Stat()
+	if err != nil {
+		return nil, f.errf("stat", err)
+	}
+	return namedInfo{fi, baseOf(cleanOrRoot(f.name))}, nil
+}
+
+// Close closes the file. Closing twice returns an error wrapping
+// os.ErrClosed.
+func (f *file) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return f.errf("close", os.ErrClosed)
+	}
+	f.closed = true
+	if f.node != nil {
+		f.o.handles.release(f.node)
+		f.node = nil
+	}
+	if f.f == nil {
+		return nil
+	}
+	if err := f.f.Close(); err != nil {
+		return f.errf("close", err)
+	}
+	return nil
+}
+
+// Readdir returns the merged directory's entries in name order: n > 0
+// returns at most n and then a bare io.EOF; n <= 0 returns the rest and nil.
+func (f *file) Readdir(n int) ([]os.FileInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.dirCheck(); err != nil {
+		return nil, err
+	}
+	list, err := f.dir.next(f.o, n)
+	if err != nil && err != io.EOF {
+		return list, f.errf("readdirent", err)
+	}
+	return list, err
+}
+
+// Readdirnames returns the names Readdir would return.
+func (f *file) Readdirnames(n int) ([]string, error) {
+	list, err := f.Readdir(n)
+	names := make([]string, len(list))
+	for i, fi := range list {
+		names[i] = fi.Name()
+	}
+	return names, err
+}
+
+// ReadDir returns the entries Readdir would return, as fs.DirEntry values,
+// so the overlay serves io/fs directly through afero.NewIOFS.
+func (f *file) ReadDir(n int) ([]fs.DirEntry, error) {
+	list, err := f.Readdir(n)
+	entries := make([]fs.DirEntry, len(list))
+	for i, fi := range list {
+		entries[i] = fs.FileInfoToDirEntry(fi)
+	}
+	return entries, err
+}
+
+// dirCheck returns the error for a directory call on this handle, if any.
+func (f *file) dirCheck() error {
+	switch {
+	case f.closed:
+		return f.errf("readdirent", os.ErrClosed)
+	case f.dir == nil:
+		return f.errf("readdirent", syscall.ENOTDIR)
+	}
+	return nil
+}
+
+// reader returns the layer handle to read from, or the error the kernel
+// gives for reading this handle.
+func (f *file) reader(op string) (afero.File, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closed:
+		return nil, f.errf(op, os.ErrClosed)
+	case f.dir != nil:
+		return nil, f.errf(op, syscall.EISDIR)
+	case f.flag&(os.O_WRONLY|os.O_RDWR) == os.O_WRONLY:
+		return nil, f.errf(op, syscall.EBADF)
+	}
+	if err := f.follow(); err != nil {
+		return nil, f.errf(op, err)
+	}
+	return f.f, nil
+}
+
+// writer returns the layer handle to write to, or the error the kernel
+// gives for writing this handle.
+func (f *file) writer(op string) (afero.File, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closed:
+		return nil, f.errf(op, os.ErrClosed)
+	case f.dir != nil || !writable(f.flag):
+		return nil, f.errf(op, syscall.EBADF)
+	}
+	return f.f, nil
+}
+
+// follow switches a read-only handle on a lower file to the upper copy once
+// the file has been copied up, keeping the offset. The caller holds f.mu.
+func (f *file) follow() error {
+	if f.node == nil || f.node.gen.Load() == f.gen {
+		return nil
+	}
+	name, inUpper, gen := f.o.handles.where(f.node)
+	f.gen = gen
+	if !inUpper {
+		return nil
+	}
+	nf, err := f.o.layers[0].open(name, os.O_RDONLY, 0)
+	if err != nil {
+		return nil // the copy is gone again; keep reading what we have
+	}
+	off, err := f.f.Seek(0, io.SeekCurrent)
+	if err == nil {
+		_, err = nf.Seek(off, io.SeekStart)
+	}
+	if err != nil {
+		_ = nf.Close() // best effort: the new handle was never used
+		return err
+	}
+	_ = f.f.Close() // best effort: the lower handle was only read
+	f.f = nf
+	f.o.handles.release(f.node)
+	f.node = nil
+	return nil
+}
+
+// errf labels err with op and the handle's name.
+func (f *file) errf(op string, err error) error {
+	return &fs.PathError{Op: op, Path: f.name, Err: err}
+}
+
+// writable reports whether flag opens a file for writing.
+func writable(flag int) bool {
+	return flag&(os.O_WRONLY|os.O_RDWR) != 0
+}
+
+// cleanOrRoot cleans a caller's name for display, "." for the root.
+func cleanOrRoot(name string) string {
+	clean, err := cleanName(name)
+	if err != nil {
+		return strings.TrimPrefix(name, "/")
+	}
+	return clean
+}
+
+// dirHandle is the state of an open merged directory. Its listing is read
+// on first use and kept until rewound, as the kernel's readdir cache is.
+type dirHandle struct {
+	path   string
+	info   fs.FileInfo // the topmost copy when opened
+	list   []fs.FileInfo
+	loaded bool
+}
+
+// next returns up to n entries (all if n <= 0) from the current position.
+func (d *dirHandle) next(o *Overlay, n int) ([]fs.FileInfo, error) {
+	if !d.loaded {
+		list, err := o.listDir(d.path)
+		if err != nil {
+			return nil, err
+		}
+		d.list, d.loaded = list, true
+	}
+	if n <= 0 {
+		rest := d.list
+		d.list = nil
+		if rest == nil {
+			rest = []fs.FileInfo{}
+		}
+		return rest, nil
+	}
+	if len(d.list) == 0 {
+		return nil, io.EOF
+	}
+	n = min(n, len(d.list))
+	page := d.list[:n:n]
+	d.list = d.list[n:]
+	return page, nil
+}
+
+// rewind makes the next read list the directory afresh.
+func (d *dirHandle) rewind() {
+	d.list, d.loaded = nil, false
+}
+
+// stat returns the topmost copy of the directory as it is now, or as it was
+// when opened if it has gone since.
+func (d *dirHandle) stat(o *Overlay) fs.FileInfo {
+	o.mu.RLock()
+	r, err := o.walk(d.path, false)
+	o.mu.RUnlock()
+	if err != nil || !r.found {
+		return d.info
+	}
+	return namedInfo{r.info, d.info.Name()}
+}
+
+// listDir lists the merged directory that the resolved name dir is now; a
+// directory removed since it was opened lists as empty.
+func (o *Overlay) listDir(dir string) ([]fs.FileInfo, error) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	r, err := o.walk(dir, false)
+	if err != nil || !r.found || !r.isDir() {
+		return nil, nil
+	}
+	return o.readMerged(r.entry)
+}
+
+// handleSet tracks the lower files that read-only handles have open, so that
+// a handle can follow its file into the upper after a copy-up, and after a
+// rename, as on Linux since 4.19.
+type handleSet struct {
+	mu    sync.Mutex       // guards nodes and every node's path, upper and refs
+	nodes map[string]*node // by resolved name
+}
+
+// node is one lower file that handles have open.
+type node struct {
+	path  string
+	upper bool // whether the file has been copied up
+	refs  int
+	gen   atomic.Uint64 // bumped on every change a handle must see
+}
+
+// acquire returns the node for name, creating it if need be.
+func (s *handleSet) acquire(name string) *node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.nodes[name]
+	if n == nil {
+		if s.nodes == nil {
+			s.nodes = make(map[string]*node)
+		}
+		n = &node{path: name}
+		s.nodes[name] = n
+	}
+	n.refs++
+	return n
+}
+
+// release drops one handle's reference to n.
+func (s *handleSet) release(n *node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n.refs--; n.refs == 0 && s.nodes[n.path] == n {
+		delete(s.nodes, n.path)
+	}
+}
+
+// where returns n's current name, whether it is in the upper, and the
+// generation those reflect.
+func (s *handleSet) where(n *node) (string, bool, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return n.path, n.upper, n.gen.Load()
+}
+
+// copiedUp records that name now has its copy in the upper.
+func (s *handleSet) copiedUp(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := s.nodes[name]; n != nil {
+		n.upper = true
+		n.gen.Add(1)
+	}
+}
+
+// renamed records that oldName and everything under it moved to newName,
+// into the upper.
+func (s *handleSet) renamed(oldName, newName string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var moved []*node
+	for p, n := range s.nodes {
+		if under(p, oldName) {
+			delete(s.nodes, p)
+			moved = append(moved, n)
+		}
+	}
+	for _, n := range moved {
+		n.path, n.upper = newName+n.path[len(oldName):], true
+		s.nodes[n.path] = n
+		n.gen.Add(1)
+	}
+}
+
+// removed forgets name and everything under it: handles keep reading what
+// they have, as an unlinked file's handles do.
+func (s *handleSet) removed(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.nodes {
+		if under(p, name) {
+			delete(s.nodes, p)
+		}
+	}
+}
+
+// under reports whether name is dir or lies beneath it.
+func under(name, dir string) bool {
+	rest, ok := strings.CutPrefix(name, dir)
+	return ok && (rest == "" || rest[0] == '/')
+}

@@ -1,0 +1,150 @@
+package overlay
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"syscall"
+
+	"github.com/spf13/afero"
+)
+
+// layer is one afero.Fs of the stack, addressed the way it expects: afero's
+// MemMapFs keys "/a" and "a" as different files and wants the rooted form,
+// while file systems built on io/fs accept only unrooted names.
+type layer struct {
+	fs     afero.Fs // nil for the missing upper of a read-only overlay
+	rooted bool     // whether names are passed as "/a/b" rather than "a/b"
+}
+
+// newLayer wraps fsys, choosing the rooted form unless fsys accepts only
+// unrooted names.
+func newLayer(fsys afero.Fs) layer {
+	if fsys == nil {
+		return layer{}
+	}
+	if _, err := fsys.Stat("/"); err != nil {
+		if _, err := fsys.Stat("."); err == nil {
+			return layer{fs: fsys}
+		}
+	}
+	return layer{fs: fsys, rooted: true}
+}
+
+// path turns an overlay name ("." or "a/b") into the name this layer expects.
+func (l layer) path(name string) string {
+	switch {
+	case !l.rooted:
+		return name
+	case name == ".":
+		return "/"
+	}
+	return "/" + name
+}
+
+// lstat describes name in this layer without following a final symlink.
+// Layers that cannot report symlinks have none, so Stat serves.
+func (l layer) lstat(name string) (fs.FileInfo, error) {
+	if ls, ok := l.fs.(afero.Lstater); ok {
+		fi, _, err := ls.LstatIfPossible(l.path(name))
+		return fi, err
+	}
+	return l.fs.Stat(l.path(name))
+}
+
+// exists reports whether name is present in this layer. A layer error
+// other than absence is returned.
+func (l layer) exists(name string) (bool, error) {
+	_, err := l.lstat(name)
+	switch {
+	case err == nil:
+		return true, nil
+	case isNotExist(err):
+		return false, nil
+	}
+	return false, err
+}
+
+// readlink returns the target of the symlink name in this layer.
+func (l layer) readlink(name string) (string, error) {
+	if r, ok := l.fs.(afero.LinkReader); ok {
+		return r.ReadlinkIfPossible(l.path(name))
+	}
+	return "", syscall.EINVAL
+}
+
+// readDir lists the directory name in this layer, unsorted.
+func (l layer) readDir(name string) ([]fs.FileInfo, error) {
+	f, err := l.fs.Open(l.path(name))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // best effort: the directory was only read
+	return f.Readdir(-1)
+}
+
+// open opens name in this layer.
+func (l layer) open(name string, flag int, perm os.FileMode) (afero.File, error) {
+	return l.fs.OpenFile(l.path(name), flag, perm)
+}
+
+// isNotExist reports whether err says a name is absent from a layer. MemMapFs
+// says ErrNotExist where a disk layer says ENOTDIR for the same situation.
+func isNotExist(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
+// realPather is implemented by layers that are directories on the host, such
+// as afero.BasePathFs, and by wrappers that keep that method.
+type realPather interface {
+	RealPath(name string) (string, error)
+}
+
+// hostPath returns the host path of the existing name when this layer is a
+// directory on the host and the host path is the very file the layer shows
+// (same device and inode). It serves the calls afero lacks: a verbatim
+// symlink (BasePathFs rewrites targets), and times and owners of a symlink.
+func (l layer) hostPath(name string) (string, bool) {
+	rp, ok := l.fs.(realPather)
+	if !ok {
+		return "", false
+	}
+	p, err := rp.RealPath(l.path(name))
+	if err != nil {
+		return "", false
+	}
+	fi, err := l.lstat(name)
+	if err != nil {
+		return "", false
+	}
+	hfi, err := os.Lstat(p)
+	if err != nil || !os.SameFile(fi, hfi) {
+		return "", false
+	}
+	return p, true
+}
+
+// symlink creates name as a symlink to target, stored verbatim.
+func (l layer) symlink(target, name string) error {
+	if dir, ok := l.hostPath(parentOf(name)); ok {
+		return os.Symlink(target, dir+"/"+baseOf(name))
+	}
+	if lk, ok := l.fs.(afero.Linker); ok {
+		if _, isBase := l.fs.(realPather); !isBase {
+			return lk.SymlinkIfPossible(target, l.path(name))
+		}
+	}
+	return errNoSymlink
+}
+
+// errNoSymlink is returned where the upper cannot hold symlinks. It matches
+// both afero.ErrNoSymlink and EPERM, what Linux says on such file systems.
+var errNoSymlink error = noSymlinkError{}
+
+type noSymlinkError struct{}
+
+func (noSymlinkError) Error() string { return "symlinks not supported by the upper layer" }
+
+func (noSymlinkError) Is(target error) bool {
+	return target == afero.ErrNoSymlink || target == syscall.EPERM
+}

@@ -1,0 +1,240 @@
+package overlay
+
+import (
+	"io/fs"
+	"path"
+	"strings"
+	"syscall"
+)
+
+// entry is what a name resolves to in the merged view.
+type entry struct {
+	path  string      // the resolved name, symlinks followed: "." or "a/b"
+	layer int         // the layer holding the topmost copy; 0 is the upper
+	info  fs.FileInfo // that copy, as Lstat describes it
+	dirs  []int       // for a directory: the layers whose copies merge, top-down
+}
+
+// isDir reports whether the entry is a directory.
+func (e entry) isDir() bool { return e.info.IsDir() }
+
+// isSymlink reports whether the entry is a symbolic link.
+func (e entry) isSymlink() bool { return e.info.Mode()&fs.ModeSymlink != 0 }
+
+// inUpper reports whether the topmost copy is in the upper layer.
+func (e entry) inUpper() bool { return e.layer == 0 }
+
+// resolved is the outcome of walking a name: the directory that holds its
+// last component and, if found, the entry itself.
+type resolved struct {
+	parent entry  // the directory holding the name; the root for the root
+	base   string // the last component, "." for the root
+	entry         // the name itself, valid if found
+	found  bool
+}
+
+// isRoot reports whether the walk ended at the overlay's root.
+func (r resolved) isRoot() bool { return r.base == "." }
+
+// maxSymlinks is how many symlinks one walk follows before ELOOP, as on Linux.
+const maxSymlinks = 40
+
+// lookup resolves name and fails with ENOENT if it does not exist. It
+// follows a final symlink if follow is set. It takes o.mu for reading.
+func (o *Overlay) lookup(name string, follow bool) (entry, error) {
+	o.mu.RLock()
+	r, err := o.walk(name, follow)
+	o.mu.RUnlock()
+	if err == nil && !r.found {
+		err = syscall.ENOENT
+	}
+	return r.entry, err
+}
+
+// walk resolves name one component at a time through the layers. Symlinks
+// in the middle are followed, and the last one too if follow is set; their
+// targets resolve inside the overlay's root, as in a chroot. A missing last
+// component is not an error: the result says found=false and gives the
+// parent, which is what creating the name needs.
+func (o *Overlay) walk(name string, follow bool) (resolved, error) {
+	root, err := o.root()
+	if err != nil {
+		return resolved{}, err
+	}
+	stack := []entry{root}
+	todo := pushPath(nil, name)
+	links := 0
+	for len(todo) > 0 {
+		c := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		switch {
+		case c == "" || c == ".":
+			continue
+		case c == "..":
+			if len(stack) > 1 {
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		}
+		parent := stack[len(stack)-1]
+		if !parent.isDir() {
+			return resolved{}, syscall.ENOTDIR
+		}
+		if isReserved(c) {
+			return resolved{}, syscall.EINVAL
+		}
+		child, ok, err := o.child(parent, c, parent.dirs)
+		if err != nil {
+			return resolved{}, err
+		}
+		last := len(todo) == 0
+		if !ok {
+			if last {
+				return resolved{parent: parent, base: c}, nil
+			}
+			return resolved{}, syscall.ENOENT
+		}
+		if child.isSymlink() && (follow || !last) {
+			if links++; links > maxSymlinks {
+				return resolved{}, syscall.ELOOP
+			}
+			target, err := o.layers[child.layer].readlink(child.path)
+			if err != nil {
+				return resolved{}, err
+			}
+			if target == "" {
+				return resolved{}, syscall.ENOENT
+			}
+			if path.IsAbs(target) {
+				stack = stack[:1]
+			}
+			todo = pushPath(todo, target)
+			continue
+		}
+		stack = append(stack, child)
+	}
+	return endOfWalk(stack), nil
+}
+
+// endOfWalk turns the stack of resolved directories into the walk's result.
+func endOfWalk(stack []entry) resolved {
+	top := stack[len(stack)-1]
+	if len(stack) == 1 {
+		return resolved{parent: top, base: ".", entry: top, found: true}
+	}
+	return resolved{parent: stack[len(stack)-2], base: baseOf(top.path), entry: top, found: true}
+}
+
+// pushPath pushes the components of p onto the stack todo, so that the
+// first component is popped first.
+func pushPath(todo []string, p string) []string {
+	parts := strings.Split(p, "/")
+	for i := len(parts) - 1; i >= 0; i-- {
+		todo = append(todo, parts[i])
+	}
+	return todo
+}
+
+// root returns the entry of the overlay's root directory.
+func (o *Overlay) root() (entry, error) {
+	top := o.rootDirs[0]
+	info, err := o.layers[top].lstat(".")
+	if err != nil {
+		return entry{}, err
+	}
+	return entry{path: ".", layer: top, info: info, dirs: o.rootDirs}, nil
+}
+
+// findRootDirs returns the layers whose roots merge, top-down: every layer
+// present, down to the first whose root is opaque.
+func (o *Overlay) findRootDirs() ([]int, error) {
+	var dirs []int
+	for i, l := range o.layers {
+		if l.fs == nil {
+			continue
+		}
+		dirs = append(dirs, i)
+		if opaque, err := l.isOpaque("."); err != nil || opaque {
+			return dirs, err
+		}
+	}
+	return dirs, nil
+}
+
+// child looks base up in the directory parent, searching the given layers
+// (a top-down subset of parent.dirs). The topmost copy wins; a non-directory
+// ends the search, and so do a whiteout, an opaque directory and a
+// non-directory below a directory.
+func (o *Overlay) child(parent entry, base string, layers []int) (entry, bool, error) {
+	p := join(parent.path, base)
+	var top entry
+	found := false
+	for n, i := range layers {
+		l := o.layers[i]
+		info, err := l.lstat(p)
+		if err != nil && !isNotExist(err) {
+			return entry{}, false, err
+		}
+		if err != nil {
+			if wh, err := l.hasWhiteout(p); err != nil || wh {
+				return top, found, err
+			}
+			continue
+		}
+		if found && !info.IsDir() {
+			break
+		}
+		if !found {
+			top, found = entry{path: p, layer: i, info: info}, true
+			if !info.IsDir() {
+				return top, true, nil
+			}
+		}
+		top.dirs = append(top.dirs, i)
+		if n == len(layers)-1 {
+			break
+		}
+		if opaque, err := l.isOpaque(p); err != nil || opaque {
+			return top, found, err
+		}
+	}
+	return top, found, nil
+}
+
+// inLowers reports whether a lower layer would show base in parent if the
+// upper held nothing there: then deleting it from the upper needs a whiteout.
+func (o *Overlay) inLowers(parent entry, base string) (bool, error) {
+	lowers := parent.dirs
+	if len(lowers) > 0 && lowers[0] == 0 {
+		lowers = lowers[1:]
+	}
+	_, found, err := o.child(parent, base, lowers)
+	return found, err
+}
+
+// statName returns what Stat (follow) or Lstat describes for name, under the
+// name the caller used.
+func (o *Overlay) statName(name string, follow bool) (fs.FileInfo, error) {
+	clean, err := cleanName(name)
+	if err != nil {
+		return nil, err
+	}
+	o.mu.RLock()
+	r, err := o.walk(clean, follow)
+	o.mu.RUnlock()
+	if err == nil && !r.found {
+		err = syscall.ENOENT
+	}
+	if err != nil {
+		return nil, err
+	}
+	return namedInfo{r.info, baseOf(clean)}, nil
+}
+
+// namedInfo is a FileInfo under the name the caller used, as os.Stat reports.
+type namedInfo struct {
+	fs.FileInfo
+	name string
+}
+
+func (fi namedInfo) Name() string { return fi.name }

@@ -1,0 +1,201 @@
+package overlay
+
+import (
+	"os"
+	"syscall"
+
+	"github.com/spf13/afero"
+)
+
+// mkdir is Mkdir's worker. A directory created over a whiteout is opaque,
+// so that the deleted lower directory's contents stay hidden.
+func (o *Overlay) mkdir(name string, perm os.FileMode) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r, err := o.walk(name, false)
+	switch {
+	case err != nil:
+		return err
+	case r.found:
+		return syscall.EEXIST
+	case o.readOnly():
+		return syscall.EROFS
+	}
+	if err := o.ensureUpperDir(r.parent.path); err != nil {
+		return err
+	}
+	p := join(r.parent.path, r.base)
+	up := o.layers[0]
+	whited, err := up.hasWhiteout(p)
+	if err != nil {
+		return err
+	}
+	if whited {
+		err = o.mkdirOpaque(p, perm)
+	} else {
+		err = o.mkdirPlain(p, perm)
+	}
+	if err != nil {
+		return err
+	}
+	return o.entryAdded(p)
+}
+
+// mkdirPlain creates the directory p in the upper with exactly perm.
+func (o *Overlay) mkdirPlain(p string, perm os.FileMode) error {
+	up := o.layers[0]
+	if err := up.fs.Mkdir(up.path(p), perm&modeBits); err != nil {
+		return err
+	}
+	return up.chmodExactly(p, perm)
+}
+
+// mkdirOpaque builds an opaque directory in the work directory and renames
+// it to p, so that it never shows without its marker.
+func (o *Overlay) mkdirOpaque(p string, perm os.FileMode) error {
+	up := o.layers[0]
+	tmp := o.tmpName()
+	err := up.fs.Mkdir(up.path(tmp), 0o700)
+	if err == nil {
+		err = up.markOpaque(tmp)
+	}
+	if err == nil {
+		err = up.fs.Chmod(up.path(tmp), perm&modeBits)
+	}
+	if err == nil {
+		err = up.fs.Rename(up.path(tmp), up.path(p))
+	}
+	if err != nil {
+		o.discard(tmp)
+	}
+	return err
+}
+
+// chmodExactly gives name exactly the mode bits of perm, where the layer
+// applied a umask on creation.
+func (l layer) chmodExactly(name string, perm os.FileMode) error {
+	fi, err := l.lstat(name)
+	if err != nil || fi.Mode()&modeBits == perm&modeBits {
+		return err
+	}
+	return l.fs.Chmod(l.path(name), perm&modeBits)
+}
+
+// mkdirAll is MkdirAll's worker, as os.MkdirAll: parents first, and an
+// existing directory is success.
+func (o *Overlay) mkdirAll(name string, perm os.FileMode) error {
+	if fi, err := o.statName(name, true); err == nil {
+		if fi.IsDir() {
+			return nil
+		}
+		return syscall.ENOTDIR
+	}
+	if parent := parentOf(name); parent != "." {
+		if err := o.mkdirAll(parent, perm); err != nil {
+			return err
+		}
+	}
+	err := o.mkdir(name, perm)
+	if err != nil {
+		if fi, serr := o.statName(name, false); serr == nil && fi.IsDir() {
+			return nil
+		}
+	}
+	return err
+}
+
+// symlink is SymlinkIfPossible's worker.
+func (o *Overlay) symlink(target, name string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r, err := o.walk(name, false)
+	switch {
+	case err != nil:
+		return err
+	case r.found:
+		return syscall.EEXIST
+	case o.readOnly():
+		return syscall.EROFS
+	case target == "":
+		return syscall.ENOENT
+	}
+	if err := o.ensureUpperDir(r.parent.path); err != nil {
+		return err
+	}
+	p := join(r.parent.path, r.base)
+	if err := o.layers[0].symlink(target, p); err != nil {
+		return err
+	}
+	return o.entryAdded(p)
+}
+
+// readlink is ReadlinkIfPossible's worker.
+func (o *Overlay) readlink(name string) (string, error) {
+	e, err := o.lookup(name, false)
+	switch {
+	case err != nil:
+		return "", err
+	case !e.isSymlink():
+		return "", syscall.EINVAL
+	}
+	return o.layers[e.layer].readlink(e.path)
+}
+
+// setAttr runs set on the upper copy of name, copying name up first. It is
+// the worker of Chmod, Chown and Chtimes, which follow symlinks and copy up
+// even when they change nothing, as the kernel does.
+func (o *Overlay) setAttr(op, name string, set func(up afero.Fs, p string) error) error {
+	clean, err := cleanName(name)
+	for range maxRetries {
+		if err != nil {
+			break
+		}
+		var e entry
+		if e, err = o.lookup(clean, true); err != nil {
+			break
+		}
+		if o.readOnly() {
+			err = syscall.EROFS
+			break
+		}
+		if !e.isDir() && !e.inUpper() {
+			err = o.copyUp(e, true)
+			continue
+		}
+		if err = o.setUpperAttr(clean, set); err != errStale {
+			break
+		}
+		err = nil
+	}
+	if err != nil {
+		return pathErr(op, name, err)
+	}
+	return nil
+}
+
+// setUpperAttr runs set on the upper copy of name, copying up a directory
+// (without its contents) if need be. It returns errStale if a file is no
+// longer in the upper.
+func (o *Overlay) setUpperAttr(name string, set func(up afero.Fs, p string) error) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	e, err := o.walk(name, true)
+	switch {
+	case err != nil:
+		return err
+	case !e.found:
+		return syscall.ENOENT
+	case e.isDir():
+		if err := o.ensureUpperDir(e.path); err != nil {
+			return err
+		}
+	case !e.inUpper():
+		return errStale
+	}
+	up := o.layers[0]
+	return set(up.fs, up.path(e.path))
+}
+
+// errNotExist is the error for a name that vanished during an operation.
+var errNotExist = syscall.ENOENT
+

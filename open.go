@@ -1,0 +1,199 @@
+package overlay
+
+import (
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/spf13/afero"
+)
+
+// openFile is OpenFile's worker; name is the caller's, clean the cleaned one.
+func (o *Overlay) openFile(name, clean string, flag int, perm os.FileMode) (afero.File, error) {
+	follow := flag&syscall.O_NOFOLLOW == 0 && flag&(os.O_CREATE|os.O_EXCL) != os.O_CREATE|os.O_EXCL
+	for range maxRetries {
+		o.mu.RLock()
+		r, err := o.walk(clean, follow)
+		o.mu.RUnlock()
+		switch {
+		case err != nil:
+			return nil, err
+		case r.found && flag&(os.O_CREATE|os.O_EXCL) == os.O_CREATE|os.O_EXCL:
+			return nil, syscall.EEXIST
+		case r.found:
+			return o.openEntry(name, r.entry, flag)
+		case flag&os.O_CREATE == 0:
+			return nil, syscall.ENOENT
+		}
+		f, err := o.create(name, clean, follow, flag, perm)
+		if err != errStale {
+			return f, err
+		}
+	}
+	return nil, syscall.EAGAIN
+}
+
+// maxRetries bounds how often an operation starts over because another one
+// changed its name under it.
+const maxRetries = 100
+
+// openEntry opens the existing entry e, copying it up first for write intent.
+func (o *Overlay) openEntry(name string, e entry, flag int) (afero.File, error) {
+	switch {
+	case e.isSymlink():
+		return nil, syscall.ELOOP // O_NOFOLLOW on a symlink
+	case e.isDir() && (writeIntent(flag) || flag&os.O_CREATE != 0):
+		return nil, syscall.EISDIR
+	case e.isDir():
+		return &file{o: o, name: name, flag: flag, dir: &dirHandle{path: e.path, info: namedInfo{e.info, baseOf(cleanOrRoot(name))}}}, nil
+	case !writeIntent(flag):
+		return o.openReader(name, e, flag)
+	case o.readOnly():
+		return nil, syscall.EROFS
+	}
+	e, err := o.toUpper(e, flag&os.O_TRUNC == 0)
+	if err != nil {
+		return nil, err
+	}
+	lf, err := o.layers[0].open(e.path, upperFlag(flag), 0)
+	if err != nil {
+		return nil, err
+	}
+	return &file{o: o, name: name, flag: flag, f: lf}, nil
+}
+
+// openReader opens e for reading. A handle on a lower file is tracked so that
+// it follows the file into the upper after a copy-up.
+func (o *Overlay) openReader(name string, e entry, flag int) (afero.File, error) {
+	var n *node
+	if !e.inUpper() {
+		n = o.handles.acquire(e.path)
+	}
+	lf, err := o.layers[e.layer].open(e.path, os.O_RDONLY, 0)
+	if err != nil {
+		if n != nil {
+			o.handles.release(n)
+		}
+		return nil, err
+	}
+	f := &file{o: o, name: name, flag: flag, f: lf, node: n}
+	if n != nil {
+		f.gen = n.gen.Load()
+		if err := f.follow(); err != nil { // copied up while we opened it
+			_ = f.Close() // best effort: the handle was never returned
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// toUpper returns the upper copy of the non-directory e, copying it up
+// first if a lower layer holds it. With data false the content is not
+// copied, since the caller truncates it.
+func (o *Overlay) toUpper(e entry, data bool) (entry, error) {
+	for range maxRetries {
+		if e.inUpper() {
+			return e, nil
+		}
+		if err := o.copyUp(e, data); err != nil {
+			return entry{}, err
+		}
+		var err error
+		if e, err = o.lookup(e.path, false); err != nil {
+			return entry{}, err
+		}
+	}
+	return entry{}, syscall.EAGAIN
+}
+
+// create creates a new file for OpenFile with O_CREATE, where the walk found
+// none. It returns errStale if a file appeared meanwhile.
+func (o *Overlay) create(name, clean string, follow bool, flag int, perm os.FileMode) (afero.File, error) {
+	if o.readOnly() {
+		return nil, syscall.EROFS
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r, err := o.walk(clean, follow)
+	switch {
+	case err != nil:
+		return nil, err
+	case r.found:
+		return nil, errStale
+	}
+	p := join(r.parent.path, r.base)
+	if err := o.ensureUpperDir(r.parent.path); err != nil {
+		return nil, err
+	}
+	up := o.layers[0]
+	lf, err := up.open(p, flag&^os.O_TRUNC|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.finishCreate(p, lf, perm); err != nil {
+		_ = lf.Close() // best effort: the create is undone below
+		_ = up.fs.Remove(up.path(p))
+		return nil, err
+	}
+	return &file{o: o, name: name, flag: flag, f: lf}, nil
+}
+
+// finishCreate gives the new upper file p exactly perm (the upper may have
+// applied a umask), drops a whiteout it replaces and updates its parent's
+// times. The caller holds o.mu for writing.
+func (o *Overlay) finishCreate(p string, lf afero.File, perm os.FileMode) error {
+	up := o.layers[0]
+	fi, err := lf.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&modeBits != perm&modeBits {
+		if err := up.fs.Chmod(up.path(p), perm&modeBits); err != nil {
+			return err
+		}
+	}
+	return o.entryAdded(p)
+}
+
+// entryAdded finishes adding the name p to the upper: it drops a whiteout
+// that p replaces and marks the parent directory as changed. The caller
+// holds o.mu for writing.
+func (o *Overlay) entryAdded(p string) error {
+	if err := o.layers[0].dropWhiteout(p); err != nil {
+		return err
+	}
+	return o.touchDir(parentOf(p))
+}
+
+// touchDir sets the mtime of the upper directory dir to now after an entry
+// in it changed, where the upper does not do so itself.
+func (o *Overlay) touchDir(dir string) error {
+	if o.autoDirTimes {
+		return nil
+	}
+	up := o.layers[0]
+	now := time.Now()
+	return up.fs.Chtimes(up.path(dir), now, now)
+}
+
+// readOnly reports whether the overlay has no upper layer.
+func (o *Overlay) readOnly() bool { return o.layers[0].fs == nil }
+
+// writeIntent reports whether flag asks to change the file, which copies a
+// lower file up: write access or O_TRUNC. O_APPEND alone does not, as on
+// Linux.
+func writeIntent(flag int) bool {
+	return writable(flag) || flag&os.O_TRUNC != 0
+}
+
+// upperFlag turns a caller's flags into those for opening the upper copy.
+// O_RDONLY|O_TRUNC truncates, as on Linux, so it opens for writing; the
+// handle still refuses writes.
+func upperFlag(flag int) int {
+	flag &^= os.O_CREATE | os.O_EXCL | syscall.O_NOFOLLOW
+	if flag&os.O_TRUNC != 0 && !writable(flag) {
+		flag |= os.O_RDWR
+	}
+	return flag
+}
+

@@ -1,0 +1,385 @@
+// Package overlay stacks afero file systems the way Linux OverlayFS stacks
+// directories: one writable upper layer over any number of read-only lower
+// layers, seen together as one merged tree.
+//
+// The reference for every call is Go's os package on a kernel overlay mount
+// (mount -t overlay -o lowerdir=…,upperdir=…,redirect_dir=on): an [Overlay]
+// returns the same results, the same errnos and leaves the same merged tree.
+//
+// # Layers
+//
+// Lookups go top-down: the upper layer first, then lowers[0], lowers[1] and
+// so on. The topmost non-directory wins and hides everything beneath it,
+// including the children of a same-named directory further down. Directories
+// of the same name merge: a listing is the union of their entries, sorted by
+// name, with the upper copy of a name winning. Names are cleaned and rooted,
+// so "a/b", "/a/b" and "/a/../a/b" are one file, and nothing, neither a name
+// nor a symlink, can reach outside the overlay's root: symlinks are resolved
+// in the merged view as if the overlay were the root of a chroot.
+//
+// # Whiteouts
+//
+// Deleting a name that a lower layer holds leaves a whiteout in the upper: an
+// empty file ".wh.NAME" beside it. A directory created where a lower one was
+// deleted is opaque: it holds an empty file ".wh..wh..opq" so that the old
+// lower contents stay hidden. This is the OCI image-layer format, so the
+// upper is directly a valid image-layer diff, and lowers in that format (image
+// layers) are honoured too. Every name beginning ".wh." is reserved: it never
+// appears in the merged view, and creating one fails with EINVAL.
+//
+// # Copy-up
+//
+// A file is copied into the upper layer the first time it is opened for
+// writing, truncated, or has its metadata changed, never on a read-only open.
+// The copy keeps content, permission bits, times and, where the layers report
+// them, owners; missing parent directories are copied up with the lower
+// modes and times. The copy is built in a hidden work directory in the upper
+// (".wh..wh.work") and renamed into place, so no partial file is ever visible.
+// A read-only handle opened before a copy-up follows the file into the upper
+// and reads the new data from its own offset, as on Linux since 4.19.
+//
+// Renaming a directory that lower layers contribute to copies the merged
+// directory into the upper (the OCI format has no redirects), moving the
+// files that are already in the upper rather than copying them.
+//
+// # Concurrency
+//
+// An Overlay is safe for concurrent use if its layers are; lowers must not
+// change while in use. Copy-ups of one file by racing goroutines produce one
+// copy, and a long copy-up does not block operations on other paths. Handles
+// are safe for concurrent use as *os.File is.
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/afero"
+	"golang.org/x/sync/singleflight"
+)
+
+// Overlay is an afero.Fs that merges a writable upper layer over read-only
+// lower layers with the semantics of Linux OverlayFS.
+type Overlay struct {
+	// layers holds the upper at index 0 (with a nil fs when the overlay is
+	// read-only) and then the lowers, topmost first.
+	layers []layer
+
+	// autoDirTimes reports whether the upper updates a directory's mtime
+	// by itself when an entry is added or removed, as real file systems do.
+	autoDirTimes bool
+
+	// mu guards the upper layer's namespace: lookups hold it for reading,
+	// and every change to the upper's names (create, remove, rename,
+	// whiteouts, the last step of a copy-up) holds it for writing. It is
+	// never held across a file copy-up's data copy.
+	mu sync.RWMutex
+
+	rootDirs []int // the layers whose roots merge, top-down; fixed at New
+
+	copies  singleflight.Group // one copy-up per path at a time
+	handles handleSet // read-only handles on lower files, so they follow copy-ups
+	tmpSeq  atomicCounter
+}
+
+var (
+	_ afero.Fs        = (*Overlay)(nil)
+	_ afero.Lstater   = (*Overlay)(nil)
+	_ afero.Symlinker = (*Overlay)(nil)
+)
+
+// Option configures an Overlay in New.
+type Option func(*config)
+
+// config collects what the options set.
+type config struct{}
+
+// New returns an Overlay of upper over lowers. lowers[0] is the topmost
+// lower layer, as in the kernel's lowerdir=l1:l2:l3. A nil upper gives a
+// read-only overlay whose writes fail with EROFS. Lowers are never written.
+//
+// New prepares the work directory ".wh..wh.work" in the upper and removes
+// whatever an earlier, interrupted operation left in it.
+func New(upper afero.Fs, lowers []afero.Fs, opts ...Option) (*Overlay, error) {
+	var cfg config
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	if len(lowers) == 0 && upper == nil {
+		return nil, errors.New("overlay: no layers")
+	}
+	o := &Overlay{layers: make([]layer, 0, len(lowers)+1)}
+	o.layers = append(o.layers, newLayer(upper))
+	for i, l := range lowers {
+		if l == nil {
+			return nil, fmt.Errorf("overlay: lower layer %d is nil", i)
+		}
+		o.layers = append(o.layers, newLayer(l))
+	}
+	if upper != nil {
+		if err := o.prepareWorkDir(); err != nil {
+			return nil, pathErr("new", workDir, err)
+		}
+		info, err := o.layers[0].lstat(".")
+		if err != nil {
+			return nil, pathErr("new", ".", err)
+		}
+		o.autoDirTimes = isHostInfo(info)
+	}
+	dirs, err := o.findRootDirs()
+	if err != nil {
+		return nil, pathErr("new", ".", err)
+	}
+	o.rootDirs = dirs
+	return o, nil
+}
+
+// Name returns the name of this file system, "Overlay".
+func (o *Overlay) Name() string { return "Overlay" }
+
+// Create creates or truncates the named file, as OpenFile with
+// O_RDWR|O_CREATE|O_TRUNC and mode 0666 does.
+func (o *Overlay) Create(name string) (afero.File, error) {
+	return o.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+}
+
+// Open opens the named file or directory for reading.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Open(name string) (afero.File, error) {
+	return o.OpenFile(name, os.O_RDONLY, 0)
+}
+
+// OpenFile opens the named file with the given flags, as os.OpenFile does on
+// a kernel overlay mount. Write intent (O_WRONLY, O_RDWR or O_TRUNC) on a
+// lower file copies it up first; O_TRUNC skips copying the data it discards.
+// A new file gets exactly perm: no umask is applied.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) OpenFile(name string, flag int, perm os.FileMode) (afero.File, error) {
+	clean, err := cleanName(name)
+	if err == nil {
+		var f afero.File
+		if f, err = o.openFile(name, clean, flag, perm); err == nil {
+			return f, nil
+		}
+	}
+	return nil, pathErr("open", name, err)
+}
+
+// Stat returns the FileInfo of the named file, following symlinks. For a
+// merged directory it describes the topmost copy.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Stat(name string) (os.FileInfo, error) {
+	fi, err := o.statName(name, true)
+	if err != nil {
+		return nil, pathErr("stat", name, err)
+	}
+	return fi, nil
+}
+
+// LstatIfPossible returns the FileInfo of the named file without following a
+// final symlink. The boolean is always true: the overlay resolves symlinks
+// itself, whatever its layers support.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) LstatIfPossible(name string) (os.FileInfo, bool, error) {
+	fi, err := o.statName(name, false)
+	if err != nil {
+		return nil, true, pathErr("lstat", name, err)
+	}
+	return fi, true, nil
+}
+
+// Mkdir creates the directory name with exactly the permission bits perm.
+// A directory created where a lower one was deleted is opaque.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Mkdir(name string, perm os.FileMode) error {
+	clean, err := cleanName(name)
+	if err == nil {
+		err = o.mkdir(clean, perm)
+	}
+	if err != nil {
+		return pathErr("mkdir", name, err)
+	}
+	return nil
+}
+
+// MkdirAll creates the directory name and any missing parents with the
+// permission bits perm. It does nothing if name is already a directory.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) MkdirAll(name string, perm os.FileMode) error {
+	clean, err := cleanName(name)
+	if err == nil {
+		err = o.mkdirAll(clean, perm)
+	}
+	if err != nil {
+		return pathErr("mkdir", name, err)
+	}
+	return nil
+}
+
+// Remove removes the named file or empty directory. A name that a lower
+// layer holds is hidden by a whiteout in the upper.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Remove(name string) error {
+	clean, err := cleanName(name)
+	if err == nil {
+		err = o.remove(clean)
+	}
+	if err != nil {
+		return pathErr("remove", name, err)
+	}
+	return nil
+}
+
+// RemoveAll removes name and everything it contains, in every layer's view.
+// It returns nil if name does not exist.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) RemoveAll(name string) error {
+	clean, err := cleanName(name)
+	if err == nil {
+		err = o.removeAll(clean)
+	}
+	if err != nil {
+		return pathErr("RemoveAll", name, err)
+	}
+	return nil
+}
+
+// Rename renames oldname to newname, as os.Rename does on a kernel overlay
+// mount with redirect_dir=on: files and directories move across layers, a
+// file replaces an existing file, and an existing directory at newname is
+// EEXIST. If there is an error, it will be of type [*os.LinkError].
+func (o *Overlay) Rename(oldname, newname string) error {
+	oldClean, err := cleanName(oldname)
+	if err == nil {
+		var newClean string
+		if newClean, err = cleanName(newname); err == nil {
+			err = o.rename(oldClean, newClean)
+		}
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: oldname, New: newname, Err: errnoOf(err)}
+	}
+	return nil
+}
+
+// Chmod changes the mode of the named file, following symlinks, copying it
+// up first if a lower layer holds it.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Chmod(name string, mode os.FileMode) error {
+	return o.setAttr("chmod", name, func(up afero.Fs, p string) error {
+		return up.Chmod(p, mode)
+	})
+}
+
+// Chown changes the numeric uid and gid of the named file, following
+// symlinks, copying it up first if a lower layer holds it.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Chown(name string, uid, gid int) error {
+	return o.setAttr("chown", name, func(up afero.Fs, p string) error {
+		return up.Chown(p, uid, gid)
+	})
+}
+
+// Chtimes changes the access and modification times of the named file,
+// following symlinks, copying it up first if a lower layer holds it.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Chtimes(name string, atime, mtime time.Time) error {
+	return o.setAttr("chtimes", name, func(up afero.Fs, p string) error {
+		return up.Chtimes(p, atime, mtime)
+	})
+}
+
+// SymlinkIfPossible creates newname as a symbolic link to oldname. The
+// target is stored as given. It needs an upper layer that supports symlinks.
+// If there is an error, it will be of type [*os.LinkError].
+func (o *Overlay) SymlinkIfPossible(oldname, newname string) error {
+	clean, err := cleanName(newname)
+	if err == nil {
+		err = o.symlink(oldname, clean)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "symlink", Old: oldname, New: newname, Err: errnoOf(err)}
+	}
+	return nil
+}
+
+// ReadlinkIfPossible returns the target of the named symbolic link.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) ReadlinkIfPossible(name string) (string, error) {
+	clean, err := cleanName(name)
+	if err == nil {
+		var target string
+		if target, err = o.readlink(clean); err == nil {
+			return target, nil
+		}
+	}
+	return "", pathErr("readlink", name, err)
+}
+
+// cleanName turns a caller's name into the overlay's form: cleaned and
+// unrooted, "." for the root. It rejects names the kernel rejects (a NUL
+// byte, a component over 255 bytes) and the reserved ".wh." names.
+func cleanName(name string) (string, error) {
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", syscall.EINVAL
+	}
+	clean := path.Clean("/" + name)[1:]
+	if clean == "" {
+		return ".", nil
+	}
+	for c := range strings.SplitSeq(clean, "/") {
+		if len(c) > maxNameLen {
+			return "", syscall.ENAMETOOLONG
+		}
+		if isReserved(c) {
+			return "", syscall.EINVAL
+		}
+	}
+	return clean, nil
+}
+
+// maxNameLen is the longest file name component Linux accepts.
+const maxNameLen = 255
+
+// pathErr labels err with the caller's operation and name, keeping only the
+// underlying cause so that no layer's host path leaks.
+func pathErr(op, name string, err error) error {
+	return &fs.PathError{Op: op, Path: name, Err: errnoOf(err)}
+}
+
+// errnoOf strips the path labels a layer put on err and maps afero's plain
+// sentinel errors to the errnos the kernel would return.
+func errnoOf(err error) error {
+	var pe *fs.PathError
+	var le *os.LinkError
+	var se *os.SyscallError
+	switch {
+	case errors.As(err, &pe):
+		err = pe.Err
+	case errors.As(err, &le):
+		err = le.Err
+	case errors.As(err, &se):
+		err = se.Err
+	}
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &errno):
+		return errno
+	case errors.Is(err, fs.ErrNotExist):
+		return syscall.ENOENT
+	case errors.Is(err, fs.ErrExist):
+		return syscall.EEXIST
+	case errors.Is(err, fs.ErrPermission):
+		return syscall.EPERM
+	case errors.Is(err, fs.ErrInvalid):
+		return syscall.EINVAL
+	}
+	return err
+}

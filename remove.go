@@ -1,0 +1,118 @@
+package overlay
+
+import (
+	"errors"
+	"syscall"
+)
+
+// remove is Remove's worker. As on Linux, a read-only overlay refuses before
+// it looks the name up, and the root is busy.
+func (o *Overlay) remove(name string) error {
+	if o.readOnly() {
+		return syscall.EROFS
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r, err := o.walk(name, false)
+	switch {
+	case err != nil:
+		return err
+	case !r.found:
+		return syscall.ENOENT
+	case r.isRoot():
+		return syscall.EBUSY
+	case r.isDir():
+		list, err := o.readMerged(r.entry)
+		if err != nil {
+			return err
+		}
+		if len(list) > 0 {
+			return syscall.ENOTEMPTY
+		}
+	}
+	return o.removeEntry(r)
+}
+
+// removeAll is RemoveAll's worker. Like os.RemoveAll on a mount point, for
+// the root it removes everything inside and then reports the root busy.
+func (o *Overlay) removeAll(name string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r, err := o.walk(name, false)
+	switch {
+	case err != nil && errors.Is(err, syscall.ENOENT):
+		return nil
+	case err != nil:
+		return err
+	case !r.found:
+		return nil
+	case o.readOnly():
+		return syscall.EROFS
+	case r.isRoot():
+		return o.emptyRoot(r.entry)
+	}
+	return o.removeEntry(r)
+}
+
+// emptyRoot removes every name in the root directory root and returns EBUSY.
+// The caller holds o.mu for writing.
+func (o *Overlay) emptyRoot(root entry) error {
+	list, err := o.readMerged(root)
+	if err != nil {
+		return err
+	}
+	for _, fi := range list {
+		c, err := o.walk(fi.Name(), false)
+		if err != nil {
+			return err
+		}
+		if c.found {
+			if err := o.removeEntry(c); err != nil {
+				return err
+			}
+		}
+	}
+	return syscall.EBUSY
+}
+
+// removeEntry removes the entry r, and whatever it contains, from the merged
+// view. A name that a lower layer would show gets a whiteout first, so no
+// step shows the lower copy. The caller holds o.mu for writing.
+func (o *Overlay) removeEntry(r resolved) error {
+	lower, err := o.inLowers(r.parent, r.base)
+	if err != nil {
+		return err
+	}
+	up := o.layers[0]
+	if lower {
+		if err := o.ensureUpperDir(r.parent.path); err != nil {
+			return err
+		}
+		if err := up.addWhiteout(r.path); err != nil {
+			return err
+		}
+	}
+	if r.inUpper() {
+		if err := o.removeUpper(r.path, r.isDir()); err != nil {
+			return err
+		}
+	}
+	o.handles.removed(r.path)
+	return o.touchDir(r.parent.path)
+}
+
+// removeUpper deletes name from the upper. A directory, which may still hold
+// markers and more, is first renamed into the work directory so that it
+// vanishes in one step. The caller holds o.mu for writing.
+func (o *Overlay) removeUpper(name string, dir bool) error {
+	up := o.layers[0]
+	if !dir {
+		return up.fs.Remove(up.path(name))
+	}
+	tmp := o.tmpName()
+	if err := up.fs.Rename(up.path(name), up.path(tmp)); err != nil {
+		return err
+	}
+	o.discard(tmp)
+	return nil
+}
