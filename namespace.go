@@ -198,4 +198,3 @@ func (o *Overlay) setUpperAttr(name string, set func(up afero.Fs, p string) erro
 
 // errNotExist is the error for a name that vanished during an operation.
 var errNotExist = syscall.ENOENT
-

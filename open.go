@@ -196,4 +196,3 @@ func upperFlag(flag int) int {
 	}
 	return flag
 }
-

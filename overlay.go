@@ -85,7 +85,7 @@ type Overlay struct {
 	rootDirs []int // the layers whose roots merge, top-down; fixed at New
 
 	copies  singleflight.Group // one copy-up per path at a time
-	handles handleSet // read-only handles on lower files, so they follow copy-ups
+	handles handleSet          // read-only handles on lower files, so they follow copy-ups
 	tmpSeq  atomicCounter
 }
 

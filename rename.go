@@ -234,4 +234,3 @@ func (o *Overlay) undoMoves(moved [][2]string) {
 		_ = up.fs.Rename(up.path(moved[i][1]), up.path(moved[i][0])) // best effort: nothing better is left to do
 	}
 }
-
