@@ -73,10 +73,11 @@ func (o *Overlay) placeCopy(tmp, name string) error {
 	if err != nil {
 		return err
 	}
+	atime, mtime := fileAtime(pinfo), pinfo.ModTime() // now: MemMapFs's FileInfo is live
 	if err := up.fs.Rename(up.path(tmp), up.path(name)); err != nil {
 		return err
 	}
-	return up.setTimes(parent, pinfo)
+	return up.fs.Chtimes(up.path(parent), atime, mtime)
 }
 
 // ensureUpperDir makes sure the directory dir, a resolved name, exists in
@@ -243,13 +244,14 @@ func (o *Overlay) prepareWorkDir() error {
 	if err != nil {
 		return err
 	}
+	atime, mtime := fileAtime(rootInfo), rootInfo.ModTime() // now: MemMapFs's FileInfo is live
 	if err := up.fs.RemoveAll(up.path(workDir)); err != nil {
 		return err
 	}
 	if err := up.fs.Mkdir(up.path(workDir), 0o700); err != nil {
 		return err
 	}
-	return up.setTimes(".", rootInfo)
+	return up.fs.Chtimes(up.path("."), atime, mtime)
 }
 
 // atomicCounter hands out unique numbers for work-directory names.

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/spf13/afero"
 )
@@ -25,6 +26,12 @@ type file struct {
 	gen    uint64     // the node generation that f reflects
 	dir    *dirHandle // for a directory
 	closed bool
+
+	// keepTimes is set on a writable handle whose layer would bump the
+	// file's mtime on Close even if nothing was written (MemMapFs does);
+	// Close then restores the mtime it had. upperPath names the file.
+	keepTimes bool
+	upperPath string
 }
 
 var _ afero.File = (*file)(nil)
@@ -110,6 +117,7 @@ func (f *file) Truncate(size int64) error {
 	case f.dir != nil || !writable(f.flag):
 		return f.errf("truncate", syscall.EINVAL)
 	}
+	f.keepTimes = false // truncating changes the mtime anyway
 	return f.f.Truncate(size)
 }
 
@@ -162,8 +170,18 @@ func (f *file) Close() error {
 	if f.f == nil {
 		return nil
 	}
+	var mtime time.Time
+	if f.keepTimes {
+		if fi, err := f.f.Stat(); err == nil {
+			mtime = fi.ModTime() // read now: MemMapFs's FileInfo is live
+		}
+	}
 	if err := f.f.Close(); err != nil {
 		return f.errf("close", err)
+	}
+	if !mtime.IsZero() {
+		up := f.o.layers[0]
+		_ = up.fs.Chtimes(up.path(f.upperPath), mtime, mtime) // best effort: only the layer's own bump is undone
 	}
 	return nil
 }
@@ -245,6 +263,7 @@ func (f *file) writer(op string) (afero.File, error) {
 	case f.dir != nil || !writable(f.flag):
 		return nil, f.errf(op, syscall.EBADF)
 	}
+	f.keepTimes = false // a write changes the mtime anyway
 	return f.f, nil
 }
 

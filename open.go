@@ -59,7 +59,12 @@ func (o *Overlay) openEntry(name string, e entry, flag int) (afero.File, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &file{o: o, name: name, flag: flag, f: lf}, nil
+	return o.writeHandle(name, flag, lf, e.path), nil
+}
+
+// writeHandle wraps the upper handle lf of the file p, opened for writing.
+func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *file {
+	return &file{o: o, name: name, flag: flag, f: lf, upperPath: p, keepTimes: !o.autoDirTimes && writable(flag)}
 }
 
 // openReader opens e for reading. A handle on a lower file is tracked so that
@@ -135,7 +140,7 @@ func (o *Overlay) create(name, clean string, follow bool, flag int, perm os.File
 		_ = up.fs.Remove(up.path(p))
 		return nil, err
 	}
-	return &file{o: o, name: name, flag: flag, f: lf}, nil
+	return o.writeHandle(name, flag, lf, p), nil
 }
 
 // finishCreate gives the new upper file p exactly perm (the upper may have

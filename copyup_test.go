@@ -1,0 +1,312 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/spf13/afero"
+)
+
+var lowerTime = time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// timedLayer returns a read-only lower where every entry has lowerTime.
+func timedLayer(files map[string]string, dirModes map[string]fs.FileMode) afero.Fs {
+	m := fstest.MapFS{}
+	for name, data := range files {
+		m[name] = &fstest.MapFile{Data: []byte(data), Mode: 0o640, ModTime: lowerTime}
+	}
+	for name, mode := range dirModes {
+		m[name] = &fstest.MapFile{Mode: fs.ModeDir | mode, ModTime: lowerTime}
+	}
+	return mapLayer(m)
+}
+
+func TestCopyUpKeepsAttributes(t *testing.T) {
+	lower := timedLayer(map[string]string{"a/b/c/f": "lower"},
+		map[string]fs.FileMode{"a": 0o750, "a/b": 0o711, "a/b/c": 0o700})
+	o, upper := newOverlay(t, lower)
+	f, err := o.OpenFile("a/b/c/f", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readString(upper, "/a/b/c/f"); got != "lower" {
+		t.Errorf("upper a/b/c/f = %q, want the lower content", got)
+	}
+	for name, mode := range map[string]fs.FileMode{"a": fs.ModeDir | 0o750, "a/b": fs.ModeDir | 0o711, "a/b/c": fs.ModeDir | 0o700, "a/b/c/f": 0o640} {
+		fi, err := upper.Stat("/" + name)
+		if err != nil {
+			t.Fatalf("upper Stat(%q): %v", name, err)
+		}
+		if fi.Mode() != mode || !fi.ModTime().Equal(lowerTime) {
+			t.Errorf("upper %s: mode %v, mtime %v; want %v, %v", name, fi.Mode(), fi.ModTime(), mode, lowerTime)
+		}
+		mfi, err := o.Stat(name)
+		if err != nil || !mfi.ModTime().Equal(lowerTime) {
+			t.Errorf("merged %s: mtime %v, %v; want %v", name, mfi.ModTime(), err, lowerTime)
+		}
+	}
+}
+
+func TestCopyUpOnlyOnWriteIntent(t *testing.T) {
+	tests := []struct {
+		flag   int
+		copies bool
+		size   int64
+	}{
+		{os.O_RDONLY, false, 5},
+		{os.O_RDONLY | os.O_APPEND, false, 5},
+		{os.O_RDONLY | os.O_CREATE, false, 5},
+		{os.O_RDONLY | os.O_TRUNC, true, 0},
+		{os.O_WRONLY, true, 5},
+		{os.O_RDWR, true, 5},
+		{os.O_WRONLY | os.O_APPEND, true, 5},
+		{os.O_WRONLY | os.O_TRUNC, true, 0},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("flag=%#x", tt.flag), func(t *testing.T) {
+			o, upper := newOverlay(t, timedLayer(map[string]string{"f": "lower"}, nil))
+			f, err := o.OpenFile("f", tt.flag, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			if got, _ := afero.Exists(upper, "/f"); got != tt.copies {
+				t.Errorf("upper holds f = %v, want %v", got, tt.copies)
+			}
+			if fi, err := o.Stat("f"); err != nil || fi.Size() != tt.size {
+				t.Errorf("Stat(f) = %v, %v, want size %d", fi, err, tt.size)
+			}
+		})
+	}
+}
+
+// countingFs counts how often files are opened.
+type countingFs struct {
+	afero.Fs
+	mu    sync.Mutex
+	opens map[string]int
+}
+
+func (c *countingFs) OpenFile(name string, flag int, perm os.FileMode) (afero.File, error) {
+	c.mu.Lock()
+	c.opens[name]++
+	c.mu.Unlock()
+	return c.Fs.OpenFile(name, flag, perm)
+}
+
+func (c *countingFs) Open(name string) (afero.File, error) { return c.OpenFile(name, os.O_RDONLY, 0) }
+
+func TestCopyUpSkipsDataForTrunc(t *testing.T) {
+	lower := &countingFs{Fs: timedLayer(map[string]string{"f": "lower"}, nil), opens: map[string]int{}}
+	o, _ := newOverlay(t, lower)
+	f, err := o.OpenFile("f", os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if n := lower.opens["f"]; n != 0 {
+		t.Errorf("lower f opened %d times for O_TRUNC, want 0", n)
+	}
+}
+
+func TestCopyUpRacingWriters(t *testing.T) {
+	const n = 32
+	data := make([]byte, n*1024)
+	lower := timedLayer(map[string]string{"big": string(data)}, nil)
+	o, upper := newOverlay(t, lower)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := o.OpenFile("big", os.O_RDWR, 0)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer f.Close()
+			if _, err := f.WriteAt([]byte{byte('A' + i%26)}, int64(i*1024)); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	got, err := afero.ReadFile(o, "big")
+	if err != nil || len(got) != len(data) {
+		t.Fatalf("ReadFile(big) = %d bytes, %v, want %d", len(got), err, len(data))
+	}
+	for i := range n {
+		if got[i*1024] != byte('A'+i%26) {
+			t.Errorf("write %d lost", i)
+		}
+	}
+	if left, _ := afero.ReadDir(upper, "/"+workDir); len(left) != 0 {
+		t.Errorf("work directory holds %d leftovers", len(left))
+	}
+}
+
+// failingFs fails writes to files in the work directory after limit bytes.
+type failingFs struct {
+	afero.Fs
+	limit int
+}
+
+func (f *failingFs) OpenFile(name string, flag int, perm os.FileMode) (afero.File, error) {
+	lf, err := f.Fs.OpenFile(name, flag, perm)
+	if err != nil || flag&(os.O_WRONLY|os.O_RDWR) == 0 {
+		return lf, err
+	}
+	return &failingFile{File: lf, left: f.limit}, nil
+}
+
+type failingFile struct {
+	afero.File
+	left int
+}
+
+func (f *failingFile) Write(p []byte) (int, error) {
+	if len(p) > f.left {
+		n, _ := f.File.Write(p[:f.left])
+		f.left = 0
+		return n, syscall.ENOSPC
+	}
+	f.left -= len(p)
+	return f.File.Write(p)
+}
+
+func (f *failingFile) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(struct{ io.Writer }{f}, r)
+}
+
+func TestCopyUpFailureShowsNothingPartial(t *testing.T) {
+	lower := timedLayer(map[string]string{"d/f": string(make([]byte, 100000))}, nil)
+	mem := afero.NewMemMapFs()
+	o, err := New(&failingFs{Fs: mem, limit: 5000}, []afero.Fs{lower})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = o.OpenFile("d/f", os.O_RDWR, 0)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("OpenFile(O_RDWR) = %v, want ENOSPC", err)
+	}
+	if fi, err := o.Stat("d/f"); err != nil || fi.Size() != 100000 {
+		t.Errorf("Stat(d/f) after failed copy-up = %v, %v, want the whole lower file", fi, err)
+	}
+	if ok, _ := afero.Exists(mem, "/d/f"); ok {
+		t.Error("a partial copy became visible in the upper")
+	}
+	if left, _ := afero.ReadDir(mem, "/"+workDir); len(left) != 0 {
+		t.Errorf("work directory holds %d leftovers", len(left))
+	}
+}
+
+func TestReadHandleFollowsCopyUp(t *testing.T) {
+	for _, rename := range []bool{false, true} {
+		o, _ := newOverlay(t, timedLayer(map[string]string{"f": "lower"}, nil))
+		r, err := o.Open("f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2)
+		if _, err := io.ReadFull(r, buf); err != nil || string(buf) != "lo" {
+			t.Fatalf("first read = %q, %v", buf, err)
+		}
+		name := "f"
+		if rename {
+			name = "g"
+			if err := o.Rename("f", name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w, err := o.OpenFile(name, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.WriteAt([]byte("XYZW"), 0); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		rest, err := io.ReadAll(r)
+		if err != nil || string(rest) != "ZWr" {
+			t.Errorf("rename=%v: read after copy-up = %q, %v, want %q", rename, rest, err, "ZWr")
+		}
+		r.Close()
+	}
+}
+
+// blockingFs makes reads of one file wait until released.
+type blockingFs struct {
+	afero.Fs
+	started chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingFs) OpenFile(name string, flag int, perm os.FileMode) (afero.File, error) {
+	f, err := b.Fs.OpenFile(name, flag, perm)
+	if err != nil || name != "slow" {
+		return f, err
+	}
+	return &blockingFile{File: f, b: b}, nil
+}
+
+func (b *blockingFs) Open(name string) (afero.File, error) { return b.OpenFile(name, os.O_RDONLY, 0) }
+
+type blockingFile struct {
+	afero.File
+	b    *blockingFs
+	once sync.Once
+}
+
+func (f *blockingFile) Read(p []byte) (int, error) {
+	f.once.Do(func() {
+		close(f.b.started)
+		<-f.b.release
+	})
+	return f.File.Read(p)
+}
+
+// TestLongCopyUpDoesNotBlockOthers fails by deadlock if a copy-up holds the
+// overlay's lock while it copies.
+func TestLongCopyUpDoesNotBlockOthers(t *testing.T) {
+	lower := &blockingFs{Fs: timedLayer(map[string]string{"slow": "data", "other": "x"}, nil),
+		started: make(chan struct{}), release: make(chan struct{})}
+	o, _ := newOverlay(t, lower)
+	done := make(chan error)
+	go func() {
+		f, err := o.OpenFile("slow", os.O_RDWR, 0)
+		if err == nil {
+			err = f.Close()
+		}
+		done <- err
+	}()
+	<-lower.started
+	if err := afero.WriteFile(o, "new", []byte("n"), 0o644); err != nil {
+		t.Error(err)
+	}
+	if err := o.Chmod("other", 0o600); err != nil {
+		t.Error(err)
+	}
+	if _, err := o.Stat("slow"); err != nil {
+		t.Error(err)
+	}
+	close(lower.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

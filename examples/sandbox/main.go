@@ -1,0 +1,232 @@
+// Command sandbox runs an untrusted "plugin" in a sandboxed file system: the
+// host directory sits read-only underneath, and every change the plugin
+// makes lands in an in-memory scratch layer on top. Afterwards the scratch
+// layer is the plugin's complete diff, in the OCI image-layer format: files
+// it added or modified are plain files, and files it deleted are ".wh."
+// whiteouts. The program walks that layer to report the changes, then checks
+// that the host directory was not touched.
+//
+// It creates its own temporary host directory, so it needs no arguments:
+//
+//	go run ./examples/sandbox
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log"
+	"maps"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/spf13/afero"
+
+	"github.com/stackfs/overlay"
+)
+
+// hostFiles is the content of the host directory the plugin works on.
+var hostFiles = map[string]string{
+	"config.ini":     "[core]\nname = demo\n",
+	"README.md":      "# demo\n",
+	"notes/keep.txt": "keep me\n",
+	"notes/old.txt":  "stale\n",
+	"docs/intro.md":  "intro\n",
+	"docs/usage.md":  "usage\n",
+}
+
+func main() {
+	dir, err := os.MkdirTemp("", "overlay-sandbox-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = run(dir)
+	if rmErr := os.RemoveAll(dir); err == nil {
+		err = rmErr
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(dir string) error {
+	if err := writeHost(dir); err != nil {
+		return err
+	}
+	before, err := hostSnapshot(dir)
+	if err != nil {
+		return err
+	}
+
+	// The host directory, read-only, under an in-memory scratch layer.
+	host := afero.NewReadOnlyFs(afero.NewBasePathFs(afero.NewOsFs(), dir))
+	scratch := afero.NewMemMapFs()
+	sandbox, err := overlay.New(scratch, []afero.Fs{host})
+	if err != nil {
+		return err
+	}
+
+	fmt.Println("plugin run:")
+	if err := plugin(sandbox); err != nil {
+		return fmt.Errorf("plugin: %w", err)
+	}
+
+	fmt.Println("\nwhat the plugin sees now:")
+	if err := printTree(sandbox); err != nil {
+		return err
+	}
+
+	fmt.Println("\nchanges, read from the scratch layer:")
+	if err := report(scratch, host); err != nil {
+		return err
+	}
+
+	after, err := hostSnapshot(dir)
+	if err != nil {
+		return err
+	}
+	fmt.Println("\nhost directory untouched:", maps.Equal(before, after))
+	if !maps.Equal(before, after) {
+		return errors.New("the host directory changed")
+	}
+	return nil
+}
+
+// plugin stands for untrusted code: it edits, creates, deletes and renames
+// files through the file system it is given, and tries to escape it.
+func plugin(fsys afero.Fs) error {
+	step := func(what string, err error) error {
+		fmt.Printf("  %-38s %v\n", what, errText(err))
+		return err
+	}
+	f, err := fsys.OpenFile("config.ini", os.O_WRONLY|os.O_APPEND, 0)
+	if err == nil {
+		_, err = f.WriteString("plugin = on\n")
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err := step("append to config.ini", err); err != nil {
+		return err
+	}
+	if err := step("create plugin/state.json", errors.Join(
+		fsys.MkdirAll("plugin", 0o755),
+		afero.WriteFile(fsys, "plugin/state.json", []byte("{}\n"), 0o644),
+	)); err != nil {
+		return err
+	}
+	if err := step("delete notes/old.txt", fsys.Remove("notes/old.txt")); err != nil {
+		return err
+	}
+	if err := step("rename README.md to README.txt", fsys.Rename("README.md", "README.txt")); err != nil {
+		return err
+	}
+	if err := step("rename docs/ to manual/", fsys.Rename("docs", "manual")); err != nil {
+		return err
+	}
+
+	// Names cannot climb out of the sandbox: "../x" is "/x" inside it.
+	if err := step("write ../escape.txt (lands inside)", afero.WriteFile(fsys, "../escape.txt", []byte("no\n"), 0o644)); err != nil {
+		return err
+	}
+	// The whiteout names are reserved, so a plugin cannot forge a deletion.
+	err = afero.WriteFile(fsys, ".wh.config.ini", nil, 0o644)
+	step("create .wh.config.ini (reserved)", err)
+	if err == nil {
+		return errors.New("creating a reserved .wh. name succeeded")
+	}
+	return nil
+}
+
+// report walks the scratch layer and prints the plugin's changes: files not
+// in the host are added, files also in the host are modified, and ".wh.NAME"
+// whiteouts are deletions. The overlay's own ".wh..wh." names are skipped.
+func report(scratch, host afero.Fs) error {
+	return afero.Walk(scratch, "/", func(p string, info fs.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		base := path.Base(p)
+		switch {
+		case strings.HasPrefix(base, ".wh..wh."):
+			if info.IsDir() {
+				return filepath.SkipDir
+			}
+		case strings.HasPrefix(base, ".wh."):
+			fmt.Printf("  deleted   %s\n", path.Join(path.Dir(p), strings.TrimPrefix(base, ".wh.")))
+		case info.IsDir():
+			// Directories are copied up as needed; report only new ones.
+			if _, err := host.Stat(p); errors.Is(err, fs.ErrNotExist) {
+				fmt.Printf("  added     %s/\n", p)
+			}
+		default:
+			what := "added"
+			if _, err := host.Stat(p); err == nil {
+				what = "modified"
+			}
+			fmt.Printf("  %-9s %s\n", what, p)
+		}
+		return nil
+	})
+}
+
+// printTree prints every file of fsys with its content.
+func printTree(fsys afero.Fs) error {
+	return afero.Walk(fsys, "/", func(p string, info fs.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		b, err := afero.ReadFile(fsys, p)
+		fmt.Printf("  %-20s %q\n", p, b)
+		return err
+	})
+}
+
+// writeHost fills the host directory dir with hostFiles.
+func writeHost(dir string) error {
+	for _, name := range slices.Sorted(maps.Keys(hostFiles)) {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(hostFiles[name]), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hostSnapshot returns every entry under dir as relative path → content,
+// directories as path + "/" → "", read directly from the operating system.
+func hostSnapshot(dir string) (map[string]string, error) {
+	tree := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() {
+			tree[rel+"/"] = ""
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		tree[rel] = string(b)
+		return err
+	})
+	return tree, err
+}
+
+// errText is err's text, or "ok" for nil.
+func errText(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
+}
