@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,10 +19,14 @@ import (
 var lowerTime = time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // timedLayer returns a read-only lower where every entry has lowerTime.
+// Directories get mode 0755 unless dirModes says otherwise.
 func timedLayer(files map[string]string, dirModes map[string]fs.FileMode) afero.Fs {
 	m := fstest.MapFS{}
 	for name, data := range files {
 		m[name] = &fstest.MapFile{Data: []byte(data), Mode: 0o640, ModTime: lowerTime}
+		for d := path.Dir(name); d != "."; d = path.Dir(d) {
+			m[d] = &fstest.MapFile{Mode: fs.ModeDir | 0o755, ModTime: lowerTime}
+		}
 	}
 	for name, mode := range dirModes {
 		m[name] = &fstest.MapFile{Mode: fs.ModeDir | mode, ModTime: lowerTime}

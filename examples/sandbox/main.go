@@ -141,36 +141,45 @@ func plugin(fsys afero.Fs) error {
 	return nil
 }
 
-// report walks the scratch layer and prints the plugin's changes: files not
-// in the host are added, files also in the host are modified, and ".wh.NAME"
-// whiteouts are deletions. The overlay's own ".wh..wh." names are skipped.
+// report walks the scratch layer and prints the plugin's changes sorted by
+// path: files not in the host are added, files also in the host are
+// modified, and ".wh.NAME" whiteouts are deletions. Directories are copied
+// up as needed, so only new ones are reported. The overlay's own ".wh..wh."
+// names (its work directory and opaque markers) are skipped.
 func report(scratch, host afero.Fs) error {
-	return afero.Walk(scratch, "/", func(p string, info fs.FileInfo, err error) error {
-		if err != nil {
+	changes := map[string]string{} // path → what happened to it
+	err := afero.Walk(scratch, "/", func(p string, info fs.FileInfo, err error) error {
+		if err != nil || p == "/" {
 			return err
 		}
 		base := path.Base(p)
+		_, hostErr := host.Stat(p)
 		switch {
 		case strings.HasPrefix(base, ".wh..wh."):
 			if info.IsDir() {
 				return filepath.SkipDir
 			}
 		case strings.HasPrefix(base, ".wh."):
-			fmt.Printf("  deleted   %s\n", path.Join(path.Dir(p), strings.TrimPrefix(base, ".wh.")))
+			gone := path.Join(path.Dir(p), strings.TrimPrefix(base, ".wh."))
+			if fi, err := host.Stat(gone); err == nil && fi.IsDir() {
+				gone += "/"
+			}
+			changes[gone] = "deleted"
 		case info.IsDir():
-			// Directories are copied up as needed; report only new ones.
-			if _, err := host.Stat(p); errors.Is(err, fs.ErrNotExist) {
-				fmt.Printf("  added     %s/\n", p)
+			if errors.Is(hostErr, fs.ErrNotExist) {
+				changes[p+"/"] = "added"
 			}
+		case hostErr == nil:
+			changes[p] = "modified"
 		default:
-			what := "added"
-			if _, err := host.Stat(p); err == nil {
-				what = "modified"
-			}
-			fmt.Printf("  %-9s %s\n", what, p)
+			changes[p] = "added"
 		}
 		return nil
 	})
+	for _, p := range slices.Sorted(maps.Keys(changes)) {
+		fmt.Printf("  %-9s %s\n", changes[p], p)
+	}
+	return err
 }
 
 // printTree prints every file of fsys with its content.

@@ -1,0 +1,362 @@
+package overlay
+
+import (
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"syscall"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/spf13/afero"
+)
+
+// renameLower is the lower layer of the rename tests.
+func renameLower() afero.Fs {
+	return timedLayer(map[string]string{
+		"file":         "file",
+		"other":        "other",
+		"dir/a":        "a",
+		"dir/sub/b":    "b",
+		"full/x":       "x",
+		"merged/lower": "lower",
+	}, map[string]fs.FileMode{"empty": 0o755})
+}
+
+func TestRename(t *testing.T) {
+	tests := []struct {
+		name     string
+		prepare  func(o *Overlay) error
+		old, new string
+		wantErr  error
+		gone     []string          // names that must not exist afterwards
+		want     map[string]string // name -> content afterwards ("/" for a directory)
+	}{
+		{name: "lower file", old: "file", new: "moved",
+			gone: []string{"file"}, want: map[string]string{"moved": "file"}},
+		{name: "file over file", old: "file", new: "other",
+			gone: []string{"file"}, want: map[string]string{"other": "file"}},
+		{name: "file into lower dir", old: "file", new: "dir/sub/file",
+			gone: []string{"file"}, want: map[string]string{"dir/sub/file": "file", "dir/a": "a"}},
+		{name: "lower dir", old: "dir", new: "newdir",
+			gone: []string{"dir", "dir/a"}, want: map[string]string{"newdir/a": "a", "newdir/sub/b": "b"}},
+		{name: "merged dir", old: "merged", new: "m2",
+			prepare: func(o *Overlay) error { return afero.WriteFile(o, "merged/upper", []byte("upper"), 0o644) },
+			gone:    []string{"merged"}, want: map[string]string{"m2/lower": "lower", "m2/upper": "upper"}},
+		{name: "upper dir", old: "u", new: "u2",
+			prepare: func(o *Overlay) error { return o.MkdirAll("u/v", 0o755) },
+			gone:    []string{"u"}, want: map[string]string{"u2/v": "/"}},
+		{name: "upper dir onto a deleted lower dir", old: "u", new: "dir",
+			prepare: func(o *Overlay) error {
+				if err := o.Mkdir("u", 0o755); err != nil {
+					return err
+				}
+				return o.RemoveAll("dir")
+			},
+			gone: []string{"u", "dir/a"}, want: map[string]string{"dir": "/"}},
+		{name: "back and forth", old: "dir", new: "d2",
+			prepare: func(o *Overlay) error {
+				if err := o.Rename("dir", "d1"); err != nil {
+					return err
+				}
+				return o.Rename("d1", "dir")
+			},
+			gone: []string{"dir", "d1"}, want: map[string]string{"d2/a": "a", "d2/sub/b": "b"}},
+		{name: "same file", old: "file", new: "/file", want: map[string]string{"file": "file"}},
+		{name: "onto existing dir", old: "file", new: "empty", wantErr: syscall.EEXIST},
+		{name: "dir onto itself", old: "dir", new: "dir", wantErr: syscall.EEXIST},
+		{name: "dir onto file", old: "dir", new: "file", wantErr: syscall.ENOTDIR},
+		{name: "dir into its own subdir", old: "dir", new: "dir/sub/x", wantErr: syscall.EINVAL},
+		{name: "missing source", old: "missing", new: "x", wantErr: syscall.ENOENT},
+		{name: "missing source onto dir", old: "missing", new: "empty", wantErr: syscall.ENOENT},
+		{name: "missing target parent", old: "file", new: "nowhere/x", wantErr: syscall.ENOENT},
+		{name: "target parent is a file", old: "file", new: "other/x", wantErr: syscall.ENOTDIR},
+		{name: "the root", old: "/", new: "x", wantErr: syscall.EXDEV},
+		{name: "onto the root", old: "dir", new: "/", wantErr: syscall.EEXIST},
+		{name: "to a reserved name", old: "file", new: ".wh.file", wantErr: syscall.EINVAL},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, _ := newOverlay(t, renameLower())
+			if tt.prepare != nil {
+				if err := tt.prepare(o); err != nil {
+					t.Fatalf("prepare: %v", err)
+				}
+			}
+			err := o.Rename(tt.old, tt.new)
+			if tt.wantErr != nil {
+				var le *os.LinkError
+				if !errors.Is(err, tt.wantErr) || !errors.As(err, &le) {
+					t.Fatalf("Rename(%q, %q) = %v, want *os.LinkError %v", tt.old, tt.new, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Rename(%q, %q) = %v", tt.old, tt.new, err)
+			}
+			for _, name := range tt.gone {
+				if _, err := o.Stat(name); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("Stat(%q) = %v, want ErrNotExist", name, err)
+				}
+			}
+			for name, want := range tt.want {
+				if want == "/" {
+					if fi, err := o.Stat(name); err != nil || !fi.IsDir() {
+						t.Errorf("Stat(%q) = %v, %v, want a directory", name, fi, err)
+					}
+					continue
+				}
+				if got := readString(o, name); got != want {
+					t.Errorf("ReadFile(%q) = %q, want %q", name, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestRenameKeepsTimes checks that a renamed lower directory keeps the
+// mtimes of everything in it, as the kernel's rename does.
+func TestRenameKeepsTimes(t *testing.T) {
+	o, _ := newOverlay(t, renameLower())
+	if err := o.Rename("dir", "d2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"d2/a", "d2/sub", "d2/sub/b"} {
+		if fi, err := o.Stat(name); err != nil || !fi.ModTime().Equal(lowerTime) {
+			t.Errorf("Stat(%q) = %v, %v, want mtime %v", name, fi, err, lowerTime)
+		}
+	}
+}
+
+// TestReadOnlyOverlay checks the errors of a read-only overlay: the lookup
+// errors first, EROFS after, except where Linux checks for EROFS first.
+func TestReadOnlyOverlay(t *testing.T) {
+	o, err := New(nil, []afero.Fs{renameLower()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	openErr := func(name string, flag int) error { _, err := o.OpenFile(name, flag, 0o644); return err }
+	tests := []struct {
+		op   string
+		err  error
+		want error
+	}{
+		{"Mkdir existing", o.Mkdir("dir", 0o755), syscall.EEXIST},
+		{"Mkdir new", o.Mkdir("new", 0o755), syscall.EROFS},
+		{"Mkdir missing parent", o.Mkdir("no/new", 0o755), syscall.ENOENT},
+		{"Create new", openErr("new", os.O_CREATE|os.O_WRONLY), syscall.EROFS},
+		{"Create excl existing", openErr("file", os.O_CREATE|os.O_EXCL|os.O_WRONLY), syscall.EEXIST},
+		{"Open existing for writing", openErr("file", os.O_WRONLY), syscall.EROFS},
+		{"Open dir for writing", openErr("dir", os.O_WRONLY), syscall.EISDIR},
+		{"Open missing for writing", openErr("missing", os.O_WRONLY), syscall.ENOENT},
+		{"O_RDONLY|O_TRUNC", openErr("file", os.O_RDONLY|os.O_TRUNC), syscall.EROFS},
+		{"O_CREATE existing read-only", openErr("file", os.O_CREATE|os.O_RDONLY), nil},
+		{"Remove existing", o.Remove("file"), syscall.EROFS},
+		{"Remove missing", o.Remove("missing"), syscall.EROFS},
+		{"Rename", o.Rename("file", "x"), syscall.EROFS},
+		{"Chmod existing", o.Chmod("file", 0o600), syscall.EROFS},
+		{"Chmod missing", o.Chmod("missing", 0o600), syscall.ENOENT},
+		{"Chtimes", o.Chtimes("file", time.Now(), time.Now()), syscall.EROFS},
+		{"Symlink existing", o.SymlinkIfPossible("x", "file"), syscall.EEXIST},
+		{"Symlink new", o.SymlinkIfPossible("x", "new"), syscall.EROFS},
+	}
+	for _, tt := range tests {
+		if tt.want == nil && tt.err != nil || tt.want != nil && !errors.Is(tt.err, tt.want) {
+			t.Errorf("%s = %v, want %v", tt.op, tt.err, tt.want)
+		}
+	}
+	if got := readString(o, "dir/a"); got != "a" {
+		t.Errorf("ReadFile(dir/a) = %q, want %q", got, "a")
+	}
+}
+
+// TestHandleErrors checks the errors a handle gives for calls its flags do
+// not allow, as on Linux.
+func TestHandleErrors(t *testing.T) {
+	o, _ := newOverlay(t, renameLower())
+	r, err := o.Open("file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := o.Open("dir")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := o.OpenFile("other", os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errWrite := r.Write([]byte("x"))
+	_, errWriteAt := r.WriteAt([]byte("x"), 0)
+	_, errDirRead := d.Read(make([]byte, 1))
+	_, errDirWrite := d.Write([]byte("x"))
+	_, errFileReaddir := r.Readdirnames(-1)
+	_, errWOnlyRead := w.Read(make([]byte, 1))
+	tests := []struct {
+		op   string
+		err  error
+		want error
+	}{
+		{"Write on read-only handle", errWrite, syscall.EBADF},
+		{"WriteAt on read-only handle", errWriteAt, syscall.EBADF},
+		{"Truncate on read-only handle", r.Truncate(0), syscall.EINVAL},
+		{"Read on directory", errDirRead, syscall.EISDIR},
+		{"Write on directory", errDirWrite, syscall.EBADF},
+		{"Readdirnames on file", errFileReaddir, syscall.ENOTDIR},
+		{"Read on write-only handle", errWOnlyRead, syscall.EBADF},
+		{"Close", r.Close(), nil},
+		{"Close twice", r.Close(), os.ErrClosed},
+	}
+	for _, tt := range tests {
+		if tt.want == nil && tt.err != nil || tt.want != nil && !errors.Is(tt.err, tt.want) {
+			t.Errorf("%s = %v, want %v", tt.op, tt.err, tt.want)
+		}
+	}
+	d.Close()
+	w.Close()
+}
+
+// TestDirectoryTimes checks which operations change a directory's mtime in
+// the merged view: adding, removing and renaming entries do; copying a
+// child up and changing its attributes do not.
+func TestDirectoryTimes(t *testing.T) {
+	tests := []struct {
+		name    string
+		op      func(o *Overlay) error
+		changes bool
+	}{
+		{"copy-up", func(o *Overlay) error {
+			f, err := o.OpenFile("dir/a", os.O_RDWR, 0)
+			if err == nil {
+				err = f.Close()
+			}
+			return err
+		}, false},
+		{"chmod child", func(o *Overlay) error { return o.Chmod("dir/a", 0o600) }, false},
+		{"create", func(o *Overlay) error { return afero.WriteFile(o, "dir/new", nil, 0o644) }, true},
+		{"remove", func(o *Overlay) error { return o.Remove("dir/a") }, true},
+		{"rename within", func(o *Overlay) error { return o.Rename("dir/a", "dir/b") }, true},
+		{"mkdir", func(o *Overlay) error { return o.Mkdir("dir/new", 0o755) }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, _ := newOverlay(t, renameLower())
+			if err := tt.op(o); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := o.Stat("dir")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if changed := !fi.ModTime().Equal(lowerTime); changed != tt.changes {
+				t.Errorf("dir mtime %v after %s: changed = %v, want %v", fi.ModTime(), tt.name, changed, tt.changes)
+			}
+		})
+	}
+}
+
+// TestCreateThroughDanglingSymlink checks that O_CREATE follows a dangling
+// symlink and creates its target, while O_EXCL refuses it.
+func TestCreateThroughDanglingSymlink(t *testing.T) {
+	d := t.TempDir()
+	if err := os.Symlink("target", d+"/link"); err != nil {
+		t.Fatal(err)
+	}
+	lower := afero.NewReadOnlyFs(afero.NewBasePathFs(afero.NewOsFs(), d))
+	o, err := New(afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()), []afero.Fs{lower})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.OpenFile("link", os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); !errors.Is(err, syscall.EEXIST) {
+		t.Errorf("OpenFile(link, O_CREATE|O_EXCL) = %v, want EEXIST", err)
+	}
+	f, err := o.OpenFile("link", os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("via link")
+	f.Close()
+	if got := readString(o, "target"); got != "via link" {
+		t.Errorf("ReadFile(target) = %q, want %q", got, "via link")
+	}
+}
+
+// TestSymlinkVerbatimOnDisk checks that a symlink created through a disk
+// upper keeps its target as given (afero's BasePathFs would rewrite it).
+func TestSymlinkVerbatimOnDisk(t *testing.T) {
+	up := t.TempDir()
+	o, err := New(afero.NewBasePathFs(afero.NewOsFs(), up), []afero.Fs{renameLower()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.SymlinkIfPossible("../dir/a", "link"); err != nil {
+		t.Fatal(err)
+	}
+	if target, err := os.Readlink(up + "/link"); err != nil || target != "../dir/a" {
+		t.Errorf("host Readlink = %q, %v, want %q", target, err, "../dir/a")
+	}
+	if got := readString(o, "link"); got != "a" {
+		t.Errorf("ReadFile(link) = %q, want %q", got, "a")
+	}
+	if err := o.SymlinkIfPossible("x", "link"); !errors.Is(err, syscall.EEXIST) {
+		t.Errorf("Symlink onto existing = %v, want EEXIST", err)
+	}
+	mem, _ := newOverlay(t, renameLower())
+	if err := mem.SymlinkIfPossible("x", "l"); !errors.Is(err, afero.ErrNoSymlink) {
+		t.Errorf("Symlink on MemMapFs upper = %v, want afero.ErrNoSymlink", err)
+	}
+}
+
+// TestConcurrentListing checks that a reader listing a directory while
+// others create and delete in it never sees a duplicate or a marker.
+func TestConcurrentListing(t *testing.T) {
+	o, _ := newOverlay(t, renameLower())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			name := "dir/f" + string(rune('a'+i%26))
+			_ = afero.WriteFile(o, name, nil, 0o644)
+			_ = o.Remove(name)
+			_ = o.Remove("dir/a")
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		f, err := o.Open("dir")
+		if err != nil {
+			t.Fatal(err)
+		}
+		names, err := f.Readdirnames(-1)
+		f.Close()
+		if err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+		if !slices.IsSorted(names) || len(slices.Compact(slices.Clone(names))) != len(names) {
+			t.Fatalf("listing %q is not sorted and unique", names)
+		}
+		for _, n := range names {
+			if isReserved(n) {
+				t.Fatalf("listing shows %q", n)
+			}
+		}
+	}
+}
+
+func TestFromIOFSLowerIsNeverWritten(t *testing.T) {
+	m := fstest.MapFS{"f": mapFile("lower")}
+	o, _ := newOverlay(t, mapLayer(m))
+	if err := afero.WriteFile(o, "f", []byte("upper"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if string(m["f"].Data) != "lower" {
+		t.Errorf("lower f = %q, want it untouched", m["f"].Data)
+	}
+}
