@@ -2,8 +2,8 @@ package overlay
 
 import (
 	"io"
-	"os"
 	"io/fs"
+	"os"
 	"reflect"
 	"slices"
 	"testing"

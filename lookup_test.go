@@ -23,11 +23,6 @@ func mapFile(data string) *fstest.MapFile {
 	return &fstest.MapFile{Data: []byte(data), Mode: 0o644}
 }
 
-// mapDir returns a MapFS directory.
-func mapDir() *fstest.MapFile {
-	return &fstest.MapFile{Mode: fs.ModeDir | 0o755}
-}
-
 // newOverlay returns an overlay of a fresh MemMapFs upper over lowers.
 func newOverlay(t *testing.T, lowers ...afero.Fs) (*Overlay, afero.Fs) {
 	t.Helper()
