@@ -105,6 +105,11 @@ type config struct{}
 // lower layer, as in the kernel's lowerdir=l1:l2:l3. A nil upper gives a
 // read-only overlay whose writes fail with EROFS. Lowers are never written.
 //
+// Each layer is addressed the way it expects: names are passed rooted
+// ("/a/b"), as afero's MemMapFs keys them, unless the layer accepts only
+// unrooted ones (io/fs-based layers). So a MemMapFs upper holds "/etc/motd",
+// and a lower MemMapFs must have been written with rooted names.
+//
 // New prepares the work directory ".wh..wh.work" in the upper and removes
 // whatever an earlier, interrupted operation left in it.
 func New(upper afero.Fs, lowers []afero.Fs, opts ...Option) (*Overlay, error) {
@@ -238,7 +243,8 @@ func (o *Overlay) Remove(name string) error {
 }
 
 // RemoveAll removes name and everything it contains, in every layer's view.
-// It returns nil if name does not exist.
+// It returns nil if name does not exist (on a read-only overlay: EROFS, as
+// os.RemoveAll gives on a read-only mount).
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) RemoveAll(name string) error {
 	clean, err := cleanName(name)

@@ -156,6 +156,7 @@ func TestReadOnlyOverlay(t *testing.T) {
 		{"O_CREATE existing read-only", openErr("file", os.O_CREATE|os.O_RDONLY), nil},
 		{"Remove existing", o.Remove("file"), syscall.EROFS},
 		{"Remove missing", o.Remove("missing"), syscall.EROFS},
+		{"RemoveAll missing", o.RemoveAll("missing"), syscall.EROFS},
 		{"Rename", o.Rename("file", "x"), syscall.EROFS},
 		{"Chmod existing", o.Chmod("file", 0o600), syscall.EROFS},
 		{"Chmod missing", o.Chmod("missing", 0o600), syscall.ENOENT},

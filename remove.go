@@ -34,8 +34,12 @@ func (o *Overlay) remove(name string) error {
 }
 
 // removeAll is RemoveAll's worker. Like os.RemoveAll on a mount point, for
-// the root it removes everything inside and then reports the root busy.
+// the root it removes everything inside and then reports the root busy. A
+// read-only overlay refuses even a missing name, as Linux does.
 func (o *Overlay) removeAll(name string) error {
+	if o.readOnly() {
+		return syscall.EROFS
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	r, err := o.walk(name, false)
@@ -46,8 +50,6 @@ func (o *Overlay) removeAll(name string) error {
 		return err
 	case !r.found:
 		return nil
-	case o.readOnly():
-		return syscall.EROFS
 	case r.isRoot():
 		return o.emptyRoot(r.entry)
 	}

@@ -4,7 +4,9 @@
 // layer is the plugin's complete diff, in the OCI image-layer format: files
 // it added or modified are plain files, and files it deleted are ".wh."
 // whiteouts. The program walks that layer to report the changes, then checks
-// that the host directory was not touched.
+// that the host directory was not touched. A symlink in the host directory
+// that points outside it shows that the plugin cannot reach beyond the
+// sandbox's root either: symlinks resolve inside the merged view.
 //
 // It creates its own temporary host directory, so it needs no arguments:
 //
@@ -22,6 +24,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/afero"
 
@@ -39,12 +42,12 @@ var hostFiles = map[string]string{
 }
 
 func main() {
-	dir, err := os.MkdirTemp("", "overlay-sandbox-")
+	tmp, err := os.MkdirTemp("", "overlay-sandbox-")
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = run(dir)
-	if rmErr := os.RemoveAll(dir); err == nil {
+	err = run(tmp)
+	if rmErr := os.RemoveAll(tmp); err == nil {
 		err = rmErr
 	}
 	if err != nil {
@@ -52,8 +55,18 @@ func main() {
 	}
 }
 
-func run(dir string) error {
+// run builds the host directory tmp/host, with a secret beside it in tmp,
+// and runs the plugin in a sandbox over it.
+func run(tmp string) error {
+	dir := filepath.Join(tmp, "host")
 	if err := writeHost(dir); err != nil {
+		return err
+	}
+	// A secret outside the host directory, and a host symlink pointing at it.
+	if err := os.WriteFile(filepath.Join(tmp, "secret.txt"), []byte("s3cr3t\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.Symlink("../secret.txt", filepath.Join(dir, "secret-link")); err != nil {
 		return err
 	}
 	before, err := hostSnapshot(dir)
@@ -96,49 +109,63 @@ func run(dir string) error {
 }
 
 // plugin stands for untrusted code: it edits, creates, deletes and renames
-// files through the file system it is given, and tries to escape it.
+// files through the file system it is given, and tries to escape it. Each
+// step prints its result; a step that does not end as expected (nil, or an
+// error matching want) is an error.
 func plugin(fsys afero.Fs) error {
-	step := func(what string, err error) error {
-		fmt.Printf("  %-38s %v\n", what, errText(err))
-		return err
+	steps := []struct {
+		what string
+		do   func() error
+		want error
+	}{
+		{"append to config.ini", func() error { return appendTo(fsys, "config.ini", "plugin = on\n") }, nil},
+		{"create plugin/state.json", func() error {
+			if err := fsys.MkdirAll("plugin", 0o755); err != nil {
+				return err
+			}
+			return afero.WriteFile(fsys, "plugin/state.json", []byte("{}\n"), 0o644)
+		}, nil},
+		{"delete notes/old.txt", func() error { return fsys.Remove("notes/old.txt") }, nil},
+		{"rename README.md to README.txt", func() error { return fsys.Rename("README.md", "README.txt") }, nil},
+		{"rename docs/ to manual/", func() error { return fsys.Rename("docs", "manual") }, nil},
+
+		// Neither symlinks nor names climb out of the sandbox: the host
+		// link to "../secret.txt" finds nothing, and "../x" is "/x" inside.
+		{"read secret-link (-> ../secret.txt)", func() error {
+			_, err := afero.ReadFile(fsys, "secret-link")
+			return err
+		}, fs.ErrNotExist},
+		{"write ../escape.txt (lands inside)", func() error {
+			return afero.WriteFile(fsys, "../escape.txt", []byte("no\n"), 0o644)
+		}, nil},
+
+		// Whiteout names are reserved, so a plugin cannot forge a deletion.
+		{"create .wh.config.ini (reserved)", func() error {
+			return afero.WriteFile(fsys, ".wh.config.ini", nil, 0o644)
+		}, syscall.EINVAL},
 	}
-	f, err := fsys.OpenFile("config.ini", os.O_WRONLY|os.O_APPEND, 0)
-	if err == nil {
-		_, err = f.WriteString("plugin = on\n")
-		if cerr := f.Close(); err == nil {
-			err = cerr
+	for _, st := range steps {
+		err := st.do()
+		fmt.Printf("  %-38s %s\n", st.what, errText(err))
+		if !errors.Is(err, st.want) { // errors.Is(err, nil) means err == nil
+
+			return fmt.Errorf("%s: got %v, want %v", st.what, err, st.want)
 		}
 	}
-	if err := step("append to config.ini", err); err != nil {
-		return err
-	}
-	if err := step("create plugin/state.json", errors.Join(
-		fsys.MkdirAll("plugin", 0o755),
-		afero.WriteFile(fsys, "plugin/state.json", []byte("{}\n"), 0o644),
-	)); err != nil {
-		return err
-	}
-	if err := step("delete notes/old.txt", fsys.Remove("notes/old.txt")); err != nil {
-		return err
-	}
-	if err := step("rename README.md to README.txt", fsys.Rename("README.md", "README.txt")); err != nil {
-		return err
-	}
-	if err := step("rename docs/ to manual/", fsys.Rename("docs", "manual")); err != nil {
-		return err
-	}
-
-	// Names cannot climb out of the sandbox: "../x" is "/x" inside it.
-	if err := step("write ../escape.txt (lands inside)", afero.WriteFile(fsys, "../escape.txt", []byte("no\n"), 0o644)); err != nil {
-		return err
-	}
-	// The whiteout names are reserved, so a plugin cannot forge a deletion.
-	err = afero.WriteFile(fsys, ".wh.config.ini", nil, 0o644)
-	step("create .wh.config.ini (reserved)", err)
-	if err == nil {
-		return errors.New("creating a reserved .wh. name succeeded")
-	}
 	return nil
+}
+
+// appendTo appends data to the existing file name.
+func appendTo(fsys afero.Fs, name, data string) error {
+	f, err := fsys.OpenFile(name, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(data); err != nil {
+		f.Close() // best effort: the write error is the one to report
+		return err
+	}
+	return f.Close()
 }
 
 // report walks the scratch layer and prints the plugin's changes sorted by
@@ -182,10 +209,16 @@ func report(scratch, host afero.Fs) error {
 	return err
 }
 
-// printTree prints every file of fsys with its content.
+// printTree prints every file of fsys with its content, and every symlink
+// with its target.
 func printTree(fsys afero.Fs) error {
 	return afero.Walk(fsys, "/", func(p string, info fs.FileInfo, err error) error {
 		if err != nil || info.IsDir() {
+			return err
+		}
+		if info.Mode()&fs.ModeSymlink != 0 {
+			target, err := fsys.(afero.LinkReader).ReadlinkIfPossible(p)
+			fmt.Printf("  %-20s -> %s\n", p, target)
 			return err
 		}
 		b, err := afero.ReadFile(fsys, p)
@@ -209,7 +242,8 @@ func writeHost(dir string) error {
 }
 
 // hostSnapshot returns every entry under dir as relative path → content,
-// directories as path + "/" → "", read directly from the operating system.
+// directories as path + "/" → "" and symlinks as path → "-> target", read
+// directly from the operating system.
 func hostSnapshot(dir string) (map[string]string, error) {
 	tree := map[string]string{}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -221,9 +255,14 @@ func hostSnapshot(dir string) (map[string]string, error) {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
-		if d.IsDir() {
+		switch {
+		case d.IsDir():
 			tree[rel+"/"] = ""
 			return nil
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			tree[rel] = "-> " + target
+			return err
 		}
 		b, err := os.ReadFile(p)
 		tree[rel] = string(b)
