@@ -11,12 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"testing/fstest"
-	"time"
 
 	"github.com/spf13/afero"
 )
-
-var lowerTime = time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // timedLayer returns a read-only lower where every entry has lowerTime.
 // Directories get mode 0755 unless dirModes says otherwise.

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"io/fs"
 	"os"
 	"syscall"
 
@@ -20,6 +21,10 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 		return syscall.EEXIST
 	case o.readOnly():
 		return syscall.EROFS
+	}
+	perm &= dirModeBits
+	if r.parent.info.Mode()&fs.ModeSetgid != 0 {
+		perm |= fs.ModeSetgid // inherited, as Linux does
 	}
 	if err := o.ensureUpperDir(r.parent.path); err != nil {
 		return err
@@ -41,10 +46,14 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 	return o.entryAdded(p)
 }
 
+// dirModeBits are the bits of a mode that mkdir(2) takes: setuid and setgid
+// are ignored for directories (setgid is inherited from the parent instead).
+const dirModeBits = fs.ModePerm | fs.ModeSticky
+
 // mkdirPlain creates the directory p in the upper with exactly perm.
 func (o *Overlay) mkdirPlain(p string, perm os.FileMode) error {
 	up := o.layers[0]
-	if err := up.fs.Mkdir(up.path(p), perm&modeBits); err != nil {
+	if err := up.fs.Mkdir(up.path(p), perm&fs.ModePerm); err != nil {
 		return err
 	}
 	return up.chmodExactly(p, perm)

@@ -1,0 +1,206 @@
+package overlay
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/spf13/afero"
+)
+
+// noKernelEnv names the environment variable that turns a failed kernel
+// overlay mount from a test failure into a loud skip.
+const noKernelEnv = "OVERLAY_NO_KERNEL"
+
+// kernelMount builds lowers (topmost first) in kernel format, mounts a
+// kernel overlay over them with an empty upper directory and redirect_dir=on,
+// and returns the oracle file system over the mount point. The mount is
+// undone and its directories removed when tb ends. The directories live in a
+// short path of their own so that no test name reaches the mount options.
+func kernelMount(tb harnessTB, lowers ...layerSpec) (afero.Fs, error) {
+	tb.Helper()
+	base, err := os.MkdirTemp("", "ovlk-")
+	if err != nil {
+		return nil, err
+	}
+	tb.Cleanup(func() { _ = os.RemoveAll(base) })
+	if len(lowers) == 0 {
+		lowers = []layerSpec{{}}
+	}
+	var lowerDirs []string
+	for i, spec := range lowers {
+		dir := filepath.Join(base, fmt.Sprintf("l%d", i+1))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return nil, err
+		}
+		if err := tryWriteDiskLayer(dir, spec, layoutKernel); err != nil {
+			return nil, err
+		}
+		lowerDirs = append(lowerDirs, dir)
+	}
+	upper, work, mnt := filepath.Join(base, "u"), filepath.Join(base, "w"), filepath.Join(base, "m")
+	for _, d := range []string{upper, work, mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on",
+		strings.Join(lowerDirs, ":"), upper, work)
+	if err := syscall.Mount("overlay", mnt, "overlay", 0, opts); err != nil {
+		return nil, fmt.Errorf("mount -t overlay overlay -o %s %s: %w", opts, mnt, err)
+	}
+	tb.Cleanup(func() {
+		if err := syscall.Unmount(mnt, 0); err != nil {
+			_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
+	})
+	return newOSDirFs(mnt), nil
+}
+
+// kernelUnavailable fails t because the kernel oracle could not be mounted,
+// or skips it loudly when OVERLAY_NO_KERNEL=1.
+func kernelUnavailable(t testing.TB, err error) {
+	t.Helper()
+	if os.Getenv(noKernelEnv) == "1" {
+		msg := fmt.Sprintf("SKIPPING %s: %s=1 and the kernel overlay oracle could not be mounted: %v",
+			t.Name(), noKernelEnv, err)
+		fmt.Fprintln(os.Stderr, msg)
+		t.Skip(msg)
+	}
+	t.Fatalf("mounting the kernel overlay oracle failed (run as root on a kernel with overlayfs, or set %s=1 to skip): %v",
+		noKernelEnv, err)
+}
+
+// kernelOracle mounts a kernel overlay over lowers for t, failing or
+// skipping t when the kernel cannot mount one.
+func kernelOracle(t testing.TB, lowers ...layerSpec) afero.Fs {
+	t.Helper()
+	k, err := kernelMount(t, lowers...)
+	if err != nil {
+		kernelUnavailable(t, err)
+	}
+	return k
+}
+
+// subjectMode says what the overlay under test is built on.
+type subjectMode string
+
+const (
+	// diskLayers builds the overlay over OCI-format directories on disk and
+	// an upper directory on disk.
+	diskLayers subjectMode = "disk"
+	// memLayers builds the overlay over MemMapFs layers, which hold no
+	// symlinks.
+	memLayers subjectMode = "mem"
+)
+
+// buildSubject builds the overlay under test over lowers (topmost first)
+// and an empty upper layer of the given mode.
+func buildSubject(tb harnessTB, mode subjectMode, lowers ...layerSpec) afero.Fs {
+	tb.Helper()
+	var upper afero.Fs
+	var ls []afero.Fs
+	switch mode {
+	case diskLayers:
+		// Plain BasePathFs, as users pass it: the library keeps symlink
+		// targets verbatim even though BasePathFs would rewrite them.
+		upper = afero.NewBasePathFs(afero.NewOsFs(), harnessTempDir(tb))
+		for _, spec := range lowers {
+			ls = append(ls, ociDiskLower(tb, spec))
+		}
+	case memLayers:
+		upper = afero.NewMemMapFs()
+		for _, spec := range lowers {
+			ls = append(ls, ociMemLower(tb, spec))
+		}
+	default:
+		tb.Fatalf("unknown layer mode %q", mode)
+	}
+	o, err := New(upper, ls)
+	if err != nil {
+		tb.Fatalf("New over %s layers: %v", mode, err)
+	}
+	return o
+}
+
+// lockstep applies operations to an oracle and to the overlay under test in
+// turn and keeps the history needed to explain a difference.
+type lockstep struct {
+	oracle, subject afero.Fs
+	oracleName      string
+	// subjectName names the subject in reports; "" means "overlay".
+	subjectName string
+	lowers      []layerSpec
+	// subjectSorts makes ReadDirNames sort the subject's listing too, for
+	// subjects (such as a plain directory) that promise no order.
+	subjectSorts bool
+	// same decides whether two results agree; nil means exactly equal.
+	same  func(want, got opResult) bool
+	lines []string
+}
+
+// subjectLabel returns the subject's name for reports.
+func (l *lockstep) subjectLabel() string {
+	if l.subjectName == "" {
+		return "overlay"
+	}
+	return l.subjectName
+}
+
+// apply runs o on both sides and returns both results and a description of
+// the problem, or "" when they agree.
+func (l *lockstep) apply(o fsOp) (want, got opResult, problem string) {
+	n := len(l.lines) + 1
+	want, err := applyOp(l.oracle, o, true)
+	if err != nil {
+		l.lines = append(l.lines, fmt.Sprintf("#%d %v: %s error without errno", n, o, l.oracleName))
+		return want, got, fmt.Sprintf("harness bug: the %s oracle failed #%d %v: %v", l.oracleName, n, o, err)
+	}
+	got, err = applyOp(l.subject, o, l.subjectSorts)
+	switch {
+	case err != nil:
+		problem = fmt.Sprintf("#%d %v: %s %v, %s %v", n, o, l.oracleName, want, l.subjectLabel(), err)
+	case l.same != nil && !l.same(want, got), l.same == nil && want != got:
+		problem = fmt.Sprintf("#%d %v: %s %v, %s %v", n, o, l.oracleName, want, l.subjectLabel(), got)
+	}
+	gotText := got.String()
+	if err != nil {
+		gotText = err.Error()
+	}
+	l.lines = append(l.lines, fmt.Sprintf("#%d %v: %s %v, %s %s", n, o, l.oracleName, want, l.subjectLabel(), gotText))
+	return want, got, problem
+}
+
+// checkTree compares the merged trees and returns a description of the
+// differences, or "".
+func (l *lockstep) checkTree() string {
+	if err := checkSameTree(l.oracle, l.subject); err != nil {
+		return fmt.Sprintf("merged trees differ (%s checked against %s):\n%s", l.subjectLabel(), l.oracleName, indentLines(err.Error(), "    "))
+	}
+	return ""
+}
+
+// report explains problem with the layers and the operations so far.
+func (l *lockstep) report(problem string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\nlower layers (L1 topmost):\n", problem)
+	for i, spec := range l.lowers {
+		fmt.Fprintf(&b, "  L%d:\n%s", i+1, spec)
+	}
+	fmt.Fprintf(&b, "operations (%s result, %s result):\n", l.oracleName, l.subjectLabel())
+	if len(l.lines) == 0 {
+		b.WriteString("  (none)\n")
+	}
+	for _, line := range l.lines {
+		fmt.Fprintf(&b, "  %s\n", line)
+	}
+	return b.String()
+}
+
+// indentLines prefixes every line of s.
+func indentLines(s, prefix string) string {
+	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
+}
