@@ -40,27 +40,30 @@ var _ afero.File = (*file)(nil)
 func (f *file) Name() string { return f.name }
 
 // Read reads from the file, following it into the upper if it was copied up
-// since it was opened.
+// since it was opened. Reads hold the handle's lock, as *os.File's do.
 func (f *file) Read(p []byte) (int, error) {
-	lf, err := f.reader("read")
-	if err != nil {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.readable("read"); err != nil {
 		return 0, err
 	}
-	return lf.Read(p)
+	n, err := f.f.Read(p)
+	return n, f.wrap("read", err)
 }
 
 // ReadAt reads from the file at offset off. A short read always comes with
 // an error, as io.ReaderAt requires, even where the layer's handle forgets.
 func (f *file) ReadAt(p []byte, off int64) (int, error) {
-	lf, err := f.reader("read")
-	if err != nil {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.readable("read"); err != nil {
 		return 0, err
 	}
-	n, err := lf.ReadAt(p, off)
+	n, err := f.f.ReadAt(p, off)
 	if n < len(p) && err == nil {
 		err = io.EOF
 	}
-	return n, err
+	return n, f.wrap("read", err)
 }
 
 // Seek sets the offset. On a directory, seeking to the start rewinds the
@@ -80,7 +83,8 @@ func (f *file) Seek(offset int64, whence int) (int64, error) {
 	if err := f.follow(); err != nil {
 		return 0, f.errf("seek", err)
 	}
-	return f.f.Seek(offset, whence)
+	ret, err := f.f.Seek(offset, whence)
+	return ret, f.wrap("seek", err)
 }
 
 // Write writes to the file; a handle not opened for writing gets EBADF.
@@ -89,7 +93,8 @@ func (f *file) Write(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return lf.Write(p)
+	n, err := lf.Write(p)
+	return n, f.wrap("write", err)
 }
 
 // WriteAt writes to the file at offset off.
@@ -98,7 +103,8 @@ func (f *file) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return lf.WriteAt(p, off)
+	n, err := lf.WriteAt(p, off)
+	return n, f.wrap("write", err)
 }
 
 // WriteString writes s to the file.
@@ -118,7 +124,7 @@ func (f *file) Truncate(size int64) error {
 		return f.errf("truncate", syscall.EINVAL)
 	}
 	f.keepTimes = false // truncating changes the mtime anyway
-	return f.f.Truncate(size)
+	return f.wrap("truncate", f.f.Truncate(size))
 }
 
 // Sync commits the file's contents to stable storage where the layer can.
@@ -131,7 +137,7 @@ func (f *file) Sync() error {
 	case f.dir != nil:
 		return nil
 	}
-	return f.f.Sync()
+	return f.wrap("sync", f.f.Sync())
 }
 
 // Stat describes the file; for a directory, the topmost copy as it is now.
@@ -233,23 +239,21 @@ func (f *file) dirCheck() error {
 	return nil
 }
 
-// reader returns the layer handle to read from, or the error the kernel
-// gives for reading this handle.
-func (f *file) reader(op string) (afero.File, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+// readable returns the error the kernel gives for reading this handle, if
+// any, after following a copy-up. The caller holds f.mu.
+func (f *file) readable(op string) error {
 	switch {
 	case f.closed:
-		return nil, f.errf(op, os.ErrClosed)
+		return f.errf(op, os.ErrClosed)
 	case f.dir != nil:
-		return nil, f.errf(op, syscall.EISDIR)
+		return f.errf(op, syscall.EISDIR)
 	case f.flag&(os.O_WRONLY|os.O_RDWR) == os.O_WRONLY:
-		return nil, f.errf(op, syscall.EBADF)
+		return f.errf(op, syscall.EBADF)
 	}
 	if err := f.follow(); err != nil {
-		return nil, f.errf(op, err)
+		return f.errf(op, err)
 	}
-	return f.f, nil
+	return nil
 }
 
 // writer returns the layer handle to write to, or the error the kernel
@@ -297,9 +301,19 @@ func (f *file) follow() error {
 	return nil
 }
 
-// errf labels err with op and the handle's name.
+// errf labels err with op and the handle's name, dropping the layer's own
+// labels so that no host path leaks.
 func (f *file) errf(op string, err error) error {
-	return &fs.PathError{Op: op, Path: f.name, Err: err}
+	return &fs.PathError{Op: op, Path: f.name, Err: errnoOf(err)}
+}
+
+// wrap relabels an error from the layer's handle; nil and a bare io.EOF
+// pass unchanged, as callers compare them with ==.
+func (f *file) wrap(op string, err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	return f.errf(op, err)
 }
 
 // writable reports whether flag opens a file for writing.

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"testing/fstest"
@@ -359,5 +360,56 @@ func TestFromIOFSLowerIsNeverWritten(t *testing.T) {
 	}
 	if string(m["f"].Data) != "lower" {
 		t.Errorf("lower f = %q, want it untouched", m["f"].Data)
+	}
+}
+
+// leakyFs is an upper whose errors carry a host path, as OsFs's do.
+type leakyFs struct{ afero.Fs }
+
+const hostSecret = "/srv/secret/host/path"
+
+func (l leakyFs) Chmod(name string, mode os.FileMode) error {
+	return &fs.PathError{Op: "chmod", Path: hostSecret + name, Err: syscall.EIO}
+}
+
+func (l leakyFs) OpenFile(name string, flag int, perm os.FileMode) (afero.File, error) {
+	f, err := l.Fs.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return leakyFile{f}, nil
+}
+
+type leakyFile struct{ afero.File }
+
+func (leakyFile) Write([]byte) (int, error) {
+	return 0, &fs.PathError{Op: "write", Path: hostSecret, Err: syscall.ENOSPC}
+}
+
+// TestErrorsHideHostPaths checks that errors name the caller's path and
+// keep the errno, never a layer's host path.
+func TestErrorsHideHostPaths(t *testing.T) {
+	o, err := New(leakyFs{afero.NewMemMapFs()}, []afero.Fs{renameLower()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := o.Create("new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, werr := f.Write([]byte("x"))
+	f.Close()
+	cerr := o.Chmod("new", 0o600)
+	for _, tt := range []struct {
+		err  error
+		want error
+	}{{werr, syscall.ENOSPC}, {cerr, syscall.EIO}} {
+		var pe *fs.PathError
+		if !errors.As(tt.err, &pe) || !errors.Is(tt.err, tt.want) || pe.Path != "new" {
+			t.Errorf("error = %v, want *fs.PathError for %q wrapping %v", tt.err, "new", tt.want)
+		}
+		if tt.err != nil && strings.Contains(tt.err.Error(), hostSecret) {
+			t.Errorf("error %q leaks the host path", tt.err)
+		}
 	}
 }
