@@ -84,6 +84,11 @@ func (o *Overlay) move(src, dst resolved) error {
 	if err != nil {
 		return err
 	}
+	if lowerOld { // the old name needs a whiteout, so a parent to hold it
+		if err := o.ensureUpperDir(src.parent.path); err != nil {
+			return err
+		}
+	}
 	switch {
 	case src.isDir() && !upperOnly(src.entry):
 		err = o.moveMerged(src, to, lowerOld)
