@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/spf13/afero"
 )
@@ -310,5 +311,45 @@ func TestLongCopyUpDoesNotBlockOthers(t *testing.T) {
 	close(lower.release)
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCopyUpKeepsOwnerAndAtimeOnDisk checks what only disk layers report:
+// the owner and the access time survive a copy-up. It needs root to chown.
+func TestCopyUpKeepsOwnerAndAtimeOnDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	low, up := t.TempDir(), t.TempDir()
+	mustWrite(t, low+"/d/f", "lower")
+	atime := lowerTime.Add(time.Hour)
+	for _, p := range []string{low + "/d/f", low + "/d"} {
+		if err := os.Chown(p, 1234, 5678); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, atime, lowerTime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lower := afero.NewReadOnlyFs(afero.NewBasePathFs(afero.NewOsFs(), low))
+	o, err := New(afero.NewBasePathFs(afero.NewOsFs(), up), []afero.Fs{lower})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Chmod("d/f", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"d", "d/f"} {
+		fi, err := os.Lstat(up + "/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, gid, _ := fileOwner(fi)
+		if uid != 1234 || gid != 5678 {
+			t.Errorf("upper %s owner = %d:%d, want 1234:5678", name, uid, gid)
+		}
+		if got := fileAtime(fi); !got.Equal(atime) {
+			t.Errorf("upper %s atime = %v, want %v", name, got, atime)
+		}
 	}
 }
