@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
+	"time"
 )
 
 // mergeDir merges the listings of one directory's copies, given top-down,
@@ -38,11 +39,24 @@ func mergeDir(listings [][]fs.FileInfo) []fs.FileInfo {
 	return merged
 }
 
-// readMerged lists the merged directory e.
+// readMerged lists the merged directory e: the upper's listing, if the
+// upper holds a copy, over the lowers' merged listing from the index.
 func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
-	listings := make([][]fs.FileInfo, 0, len(e.dirs))
-	for _, i := range e.dirs {
-		list, err := o.layers[i].readDir(e.path)
+	var listings [][]fs.FileInfo
+	lowers := e.dirs
+	if lowers[0] == 0 {
+		list, err := o.layers[0].readDir(e.path)
+		if err != nil {
+			return nil, err
+		}
+		for i, fi := range list {
+			list[i] = freeze(fi)
+		}
+		listings = append(listings, list)
+		lowers = lowers[1:]
+	}
+	if len(lowers) > 0 {
+		list, err := o.lowerListing(entry{path: e.path, dirs: lowers})
 		if err != nil {
 			return nil, err
 		}
@@ -50,3 +64,26 @@ func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
 	}
 	return mergeDir(listings), nil
 }
+
+// frozenInfo is a FileInfo whose fields were read once. MemMapFs hands out
+// live FileInfos whose name and times change when the file is renamed or
+// written later; a listing must not change after it was taken.
+type frozenInfo struct {
+	name    string
+	size    int64
+	mode    fs.FileMode
+	modTime time.Time
+	sys     any
+}
+
+// freeze reads fi's fields once.
+func freeze(fi fs.FileInfo) fs.FileInfo {
+	return frozenInfo{fi.Name(), fi.Size(), fi.Mode(), fi.ModTime(), fi.Sys()}
+}
+
+func (fi frozenInfo) Name() string       { return fi.name }
+func (fi frozenInfo) Size() int64        { return fi.size }
+func (fi frozenInfo) Mode() fs.FileMode  { return fi.mode }
+func (fi frozenInfo) ModTime() time.Time { return fi.modTime }
+func (fi frozenInfo) IsDir() bool        { return fi.mode.IsDir() }
+func (fi frozenInfo) Sys() any           { return fi.sys }

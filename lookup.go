@@ -83,7 +83,7 @@ func (o *Overlay) walk(name string, follow bool) (resolved, error) {
 		if isReserved(c) {
 			return resolved{}, syscall.EINVAL
 		}
-		child, ok, err := o.child(parent, c, parent.dirs)
+		child, ok, err := o.mergedChild(parent, c)
 		if err != nil {
 			return resolved{}, err
 		}
@@ -161,10 +161,68 @@ func (o *Overlay) findRootDirs() ([]int, error) {
 	return dirs, nil
 }
 
+// mergedChild looks base up in the merged directory parent. The upper is asked
+// directly; what the lowers show comes from the lower index.
+func (o *Overlay) mergedChild(parent entry, base string) (entry, bool, error) {
+	p := join(parent.path, base)
+	lowers := len(parent.dirs) > 0 && parent.dirs[len(parent.dirs)-1] != 0
+	if parent.dirs[0] != 0 {
+		return o.lowerChild(p)
+	}
+	up := o.layers[0]
+	info, err := up.lstat(p)
+	switch {
+	case err != nil && !isNotExist(err):
+		return entry{}, false, err
+	case err == nil && !info.IsDir():
+		return entry{path: p, layer: 0, info: info}, true, nil
+	case err == nil:
+		return o.upperDir(p, info, lowers)
+	case !lowers:
+		return entry{}, false, nil
+	}
+	e, found, err := o.lowerChild(p)
+	if err != nil || !found {
+		return entry{}, false, err
+	}
+	if wh, err := up.hasWhiteout(p); err != nil || wh {
+		return entry{}, false, err
+	}
+	return e, true, nil
+}
+
+// upperDir returns the merged entry of the upper directory p: the upper
+// copy, merged with the lowers' copies unless it is opaque or the lowers
+// show no directory there.
+func (o *Overlay) upperDir(p string, info fs.FileInfo, lowers bool) (entry, bool, error) {
+	e := entry{path: p, layer: 0, info: info, dirs: []int{0}}
+	if !lowers {
+		return e, true, nil
+	}
+	if opaque, err := o.layers[0].isOpaque(p); err != nil || opaque {
+		return e, true, err
+	}
+	le, err := o.lowerOnly(p)
+	if err != nil {
+		return entry{}, false, err
+	}
+	if le.found && le.isDir() {
+		e.dirs = append(e.dirs, le.dirs...)
+	}
+	return e, true, nil
+}
+
+// lowerChild returns what the lowers alone show at p.
+func (o *Overlay) lowerChild(p string) (entry, bool, error) {
+	le, err := o.lowerOnly(p)
+	return le.entry, le.found, err
+}
+
 // child looks base up in the directory parent, searching the given layers
 // (a top-down subset of parent.dirs). The topmost copy wins; a non-directory
 // ends the search, and so do a whiteout, an opaque directory and a
-// non-directory below a directory.
+// non-directory below a directory. It serves the lower index, where it
+// runs once per name.
 func (o *Overlay) child(parent entry, base string, layers []int) (entry, bool, error) {
 	p := join(parent.path, base)
 	var top entry
@@ -204,12 +262,11 @@ func (o *Overlay) child(parent entry, base string, layers []int) (entry, bool, e
 // inLowers reports whether a lower layer would show base in parent if the
 // upper held nothing there: then deleting it from the upper needs a whiteout.
 func (o *Overlay) inLowers(parent entry, base string) (bool, error) {
-	lowers := parent.dirs
-	if len(lowers) > 0 && lowers[0] == 0 {
-		lowers = lowers[1:]
+	if len(parent.dirs) == 0 || parent.dirs[len(parent.dirs)-1] == 0 {
+		return false, nil
 	}
-	_, found, err := o.child(parent, base, lowers)
-	return found, err
+	le, err := o.lowerOnly(join(parent.path, base))
+	return le.found, err
 }
 
 // statName returns what Stat (follow) or Lstat describes for name, under the

@@ -82,7 +82,8 @@ type Overlay struct {
 	// never held across a file copy-up's data copy.
 	mu sync.RWMutex
 
-	rootDirs []int // the layers whose roots merge, top-down; fixed at New
+	rootDirs []int      // the layers whose roots merge, top-down; fixed at New
+	lowers   lowerIndex // what the lowers show, looked up once
 
 	copies  singleflight.Group // one copy-up per path at a time
 	handles handleSet          // read-only handles on lower files, so they follow copy-ups
