@@ -5,6 +5,7 @@ import (
 	"path"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // entry is what a name resolves to in the merged view.
@@ -55,42 +56,45 @@ func (o *Overlay) lookup(name string, follow bool) (entry, error) {
 // in the middle are followed, and the last one too if follow is set; their
 // targets resolve inside the overlay's root, as in a chroot. A missing last
 // component is not an error: the result says found=false and gives the
-// parent, which is what creating the name needs.
+// parent, which is what creating the name needs. name must be clean.
 func (o *Overlay) walk(name string, follow bool) (resolved, error) {
-	root, err := o.root()
-	if err != nil {
-		return resolved{}, err
-	}
-	stack := []entry{root}
-	todo := pushPath(nil, name)
+	var buf [8]entry
+	stack := append(buf[:0], o.root())
+	rest := name
+	direct := true // whether every resolved name so far is a prefix of name
 	links := 0
-	for len(todo) > 0 {
-		c := todo[len(todo)-1]
-		todo = todo[:len(todo)-1]
-		switch {
-		case c == "" || c == ".":
+	for rest != "" {
+		c, after, cut := strings.Cut(rest, "/")
+		rest = after
+		switch c {
+		case "", ".":
 			continue
-		case c == "..":
+		case "..":
 			if len(stack) > 1 {
 				stack = stack[:len(stack)-1]
 			}
+			direct = false
 			continue
 		}
-		parent := stack[len(stack)-1]
+		parent := &stack[len(stack)-1]
 		if !parent.isDir() {
 			return resolved{}, syscall.ENOTDIR
 		}
 		if isReserved(c) {
 			return resolved{}, syscall.EINVAL
 		}
-		child, ok, err := o.mergedChild(parent, c)
+		p := join(parent.path, c)
+		if direct {
+			p = name[:len(name)-len(rest)-boolInt(cut)] // no allocation
+		}
+		child, ok, err := o.mergedChild(*parent, p)
 		if err != nil {
 			return resolved{}, err
 		}
-		last := len(todo) == 0
+		last := onlyDots(rest)
 		if !ok {
 			if last {
-				return resolved{parent: parent, base: c}, nil
+				return resolved{parent: *parent, base: c}, nil
 			}
 			return resolved{}, syscall.ENOENT
 		}
@@ -108,42 +112,71 @@ func (o *Overlay) walk(name string, follow bool) (resolved, error) {
 			if path.IsAbs(target) {
 				stack = stack[:1]
 			}
-			todo = pushPath(todo, target)
+			rest, direct = target+"/"+rest, false
 			continue
 		}
 		stack = append(stack, child)
 	}
-	return endOfWalk(stack), nil
+	return o.endOfWalk(stack)
 }
 
-// endOfWalk turns the stack of resolved directories into the walk's result.
-func endOfWalk(stack []entry) resolved {
+// onlyDots reports whether the rest of a path names nothing more: it holds
+// only "." components and slashes.
+func onlyDots(rest string) bool {
+	for rest != "" {
+		var c string
+		c, rest, _ = strings.Cut(rest, "/")
+		if c != "" && c != "." {
+			return false
+		}
+	}
+	return true
+}
+
+// boolInt returns 1 for true and 0 for false.
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// endOfWalk turns the stack of resolved directories into the walk's result,
+// reading the root's FileInfo if the walk ends there.
+func (o *Overlay) endOfWalk(stack []entry) (resolved, error) {
 	top := stack[len(stack)-1]
 	if len(stack) == 1 {
-		return resolved{parent: top, base: ".", entry: top, found: true}
+		info, err := o.rootInfo()
+		if err != nil {
+			return resolved{}, err
+		}
+		top.info = info
+		return resolved{parent: top, base: ".", entry: top, found: true}, nil
 	}
-	return resolved{parent: stack[len(stack)-2], base: baseOf(top.path), entry: top, found: true}
+	return resolved{parent: stack[len(stack)-2], base: baseOf(top.path), entry: top, found: true}, nil
 }
 
-// pushPath pushes the components of p onto the stack todo, so that the
-// first component is popped first.
-func pushPath(todo []string, p string) []string {
-	parts := strings.Split(p, "/")
-	for i := len(parts) - 1; i >= 0; i-- {
-		todo = append(todo, parts[i])
-	}
-	return todo
+// root returns the entry of the overlay's root directory. Its FileInfo is
+// a stand-in that only says "directory": walks that end at the root, and
+// callers that need the root's own attributes, use rootInfo.
+func (o *Overlay) root() entry {
+	return entry{path: ".", layer: o.rootDirs[0], info: rootStandIn{}, dirs: o.rootDirs}
 }
 
-// root returns the entry of the overlay's root directory.
-func (o *Overlay) root() (entry, error) {
-	top := o.rootDirs[0]
-	info, err := o.layers[top].lstat(".")
-	if err != nil {
-		return entry{}, err
-	}
-	return entry{path: ".", layer: top, info: info, dirs: o.rootDirs}, nil
+// rootInfo returns the FileInfo of the root's topmost copy.
+func (o *Overlay) rootInfo() (fs.FileInfo, error) {
+	return o.layers[o.rootDirs[0]].lstat(".")
 }
+
+// rootStandIn is the root's FileInfo while a walk passes through it.
+type rootStandIn struct{}
+
+func (rootStandIn) Name() string       { return "." }
+func (rootStandIn) Size() int64        { return 0 }
+func (rootStandIn) Mode() fs.FileMode  { return fs.ModeDir | 0o755 }
+func (rootStandIn) ModTime() time.Time { return time.Time{} }
+func (rootStandIn) IsDir() bool        { return true }
+func (rootStandIn) Sys() any           { return nil }
 
 // findRootDirs returns the layers whose roots merge, top-down: every layer
 // present, down to the first whose root is opaque.
@@ -161,10 +194,9 @@ func (o *Overlay) findRootDirs() ([]int, error) {
 	return dirs, nil
 }
 
-// mergedChild looks base up in the merged directory parent. The upper is asked
-// directly; what the lowers show comes from the lower index.
-func (o *Overlay) mergedChild(parent entry, base string) (entry, bool, error) {
-	p := join(parent.path, base)
+// mergedChild looks up p, a child of the merged directory parent. The upper
+// is asked directly; what the lowers show comes from the lower index.
+func (o *Overlay) mergedChild(parent entry, p string) (entry, bool, error) {
 	lowers := len(parent.dirs) > 0 && parent.dirs[len(parent.dirs)-1] != 0
 	if parent.dirs[0] != 0 {
 		return o.lowerChild(p)
@@ -285,7 +317,10 @@ func (o *Overlay) statName(name string, follow bool) (fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	return namedInfo{r.info, baseOf(clean)}, nil
+	if base := baseOf(clean); r.info.Name() != base {
+		return namedInfo{r.info, base}, nil
+	}
+	return r.info, nil
 }
 
 // namedInfo is a FileInfo under the name the caller used, as os.Stat reports.

@@ -23,7 +23,13 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 		return syscall.EROFS
 	}
 	perm &= dirModeBits
-	if r.parent.info.Mode()&fs.ModeSetgid != 0 {
+	pinfo := r.parent.info
+	if r.parent.path == "." {
+		if pinfo, err = o.rootInfo(); err != nil {
+			return err
+		}
+	}
+	if pinfo.Mode()&fs.ModeSetgid != 0 {
 		perm |= fs.ModeSetgid // inherited, as Linux does
 	}
 	if err := o.ensureUpperDir(r.parent.path); err != nil {

@@ -337,8 +337,11 @@ func cleanName(name string) (string, error) {
 	if strings.IndexByte(name, 0) >= 0 {
 		return "", syscall.EINVAL
 	}
-	clean := path.Clean("/" + name)[1:]
-	if clean == "" {
+	clean := strings.TrimPrefix(name, "/")
+	if !fs.ValidPath(clean) { // the common, clean case needs no allocation
+		clean = path.Clean("/" + name)[1:]
+	}
+	if clean == "" || clean == "." {
 		return ".", nil
 	}
 	for c := range strings.SplitSeq(clean, "/") {

@@ -218,7 +218,7 @@ func (o *Overlay) buildDir(e entry, dst string, opaque bool, moved *[][2]string)
 		return err
 	}
 	for _, fi := range list {
-		c, ok, err := o.mergedChild(e, fi.Name())
+		c, ok, err := o.mergedChild(e, join(e.path, fi.Name()))
 		if err != nil {
 			return err
 		}
