@@ -207,10 +207,11 @@ func (l layer) setTimes(name string, info fs.FileInfo) error {
 	if info.Mode()&fs.ModeSymlink == 0 {
 		return l.fs.Chtimes(l.path(name), atime, mtime)
 	}
-	if p, ok := l.hostPath(name); ok {
-		return lchtimes(p, atime, mtime)
+	p, ok, err := l.hostPath(name)
+	if !ok {
+		return err
 	}
-	return nil
+	return lchtimes(p, atime, mtime)
 }
 
 // chown sets the owner of name in l. A symlink's owner is set where the
@@ -219,10 +220,11 @@ func (l layer) chown(name string, uid, gid int, symlink bool) error {
 	if !symlink {
 		return l.fs.Chown(l.path(name), uid, gid)
 	}
-	if p, ok := l.hostPath(name); ok {
-		return os.Lchown(p, uid, gid)
+	p, ok, err := l.hostPath(name)
+	if !ok {
+		return err
 	}
-	return nil
+	return os.Lchown(p, uid, gid)
 }
 
 // tmpName returns a fresh name in the work directory.

@@ -43,8 +43,13 @@ func (l layer) path(name string) string {
 }
 
 // lstat describes name in this layer without following a final symlink.
-// Layers that cannot report symlinks have none, so Stat serves.
+// Layers that cannot report symlinks have none, so Stat serves. A layer
+// built on io/fs cannot hold a name that is not valid UTF-8, which Linux
+// allows: for it, such a name is simply absent.
 func (l layer) lstat(name string) (fs.FileInfo, error) {
+	if !l.rooted && !fs.ValidPath(name) {
+		return nil, &fs.PathError{Op: "lstat", Path: name, Err: fs.ErrNotExist}
+	}
 	if ls, ok := l.fs.(afero.Lstater); ok {
 		fi, _, err := ls.LstatIfPossible(l.path(name))
 		return fi, err
@@ -102,31 +107,36 @@ type realPather interface {
 
 // hostPath returns the host path of the existing name when this layer is a
 // directory on the host and the host path is the very file the layer shows
-// (same device and inode). It serves the calls afero lacks: a verbatim
-// symlink (BasePathFs rewrites targets), and times and owners of a symlink.
-func (l layer) hostPath(name string) (string, bool) {
-	rp, ok := l.fs.(realPather)
-	if !ok {
-		return "", false
+// (same device and inode); ok is false where it is not. It serves the calls
+// afero lacks: a verbatim symlink (BasePathFs rewrites targets), and times
+// and owners of a symlink. An error is the layer's failing to describe name.
+func (l layer) hostPath(name string) (p string, ok bool, err error) {
+	rp, isHost := l.fs.(realPather)
+	if !isHost {
+		return "", false, nil
 	}
-	p, err := rp.RealPath(l.path(name))
+	p, err = rp.RealPath(l.path(name))
 	if err != nil {
-		return "", false
+		return "", false, nil
 	}
 	fi, err := l.lstat(name)
 	if err != nil {
-		return "", false
+		return "", false, err
 	}
 	hfi, err := os.Lstat(p)
 	if err != nil || !os.SameFile(fi, hfi) {
-		return "", false
+		return "", false, nil
 	}
-	return p, true
+	return p, true, nil
 }
 
 // symlink creates name as a symlink to target, stored verbatim.
 func (l layer) symlink(target, name string) error {
-	if dir, ok := l.hostPath(parentOf(name)); ok {
+	dir, ok, err := l.hostPath(parentOf(name))
+	if err != nil {
+		return err
+	}
+	if ok {
 		return os.Symlink(target, dir+"/"+baseOf(name))
 	}
 	if lk, ok := l.fs.(afero.Linker); ok {

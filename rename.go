@@ -91,7 +91,7 @@ func (o *Overlay) move(src, dst resolved) error {
 	}
 	switch {
 	case src.isDir() && !upperOnly(src.entry):
-		err = o.moveMerged(src, to, lowerOld)
+		err = o.moveMerged(src, dst, to, lowerOld)
 	case src.isDir():
 		err = o.moveUpperDir(src, dst, to, lowerOld)
 	default:
@@ -146,96 +146,80 @@ func (o *Overlay) moveUpperDir(src, dst resolved, to string, lowerOld bool) erro
 }
 
 // moveMerged renames a directory that lower layers contribute to. The OCI
-// format has no redirects, so the merged directory is built anew in the
-// work directory as an opaque directory, moving the upper's files and
-// copying the lowers' ones, and renamed to its new name.
-func (o *Overlay) moveMerged(src resolved, to string, lowerOld bool) error {
-	tmp := o.tmpName()
-	var moved [][2]string
-	err := o.buildDir(src.entry, tmp, true, &moved)
-	if err == nil && lowerOld {
-		err = o.layers[0].addWhiteout(src.path)
+// format has no redirects, so the directory is first copied up whole and
+// made opaque, which changes nothing a reader sees, and then renamed in one
+// step like a directory only the upper holds. A failure or a crash at any
+// point leaves the old name showing what it showed. Files already in the
+// upper stay where they are, so their open handles move with them.
+func (o *Overlay) moveMerged(src, dst resolved, to string, lowerOld bool) error {
+	if err := o.copyUpTree(src.path); err != nil {
+		return err
 	}
-	if err == nil {
-		err = o.layers[0].fs.Rename(o.layers[0].path(tmp), o.layers[0].path(to))
+	if err := o.markOpaqueKeepTimes(src.path); err != nil {
+		return err
 	}
+	return o.moveUpperDir(src, dst, to, lowerOld)
+}
+
+// copyUpTree copies up the merged directory dir and everything in it that
+// the upper does not hold yet. The caller holds o.mu for writing.
+func (o *Overlay) copyUpTree(dir string) error {
+	if err := o.ensureUpperDir(dir); err != nil {
+		return err
+	}
+	d, err := o.walk(dir, false)
 	if err != nil {
-		o.undoMoves(moved)
-		o.discard(tmp)
 		return err
 	}
-	if src.inUpper() {
-		return o.removeUpper(src.path, true)
-	}
-	return nil
-}
-
-// buildTree recreates the merged entry e at the work-directory name dst:
-// directories with their modes, owners and times; upper files moved
-// (recorded in moved); lower files copied.
-func (o *Overlay) buildTree(e entry, dst string, moved *[][2]string) error {
-	up := o.layers[0]
-	switch {
-	case e.isDir():
-		return o.buildDir(e, dst, false, moved)
-	case e.inUpper():
-		if err := up.fs.Rename(up.path(e.path), up.path(dst)); err != nil {
-			return err
-		}
-		*moved = append(*moved, [2]string{e.path, dst})
-		return nil
-	case e.isSymlink():
-		err := o.copySymlink(e, dst)
-		if err == nil {
-			err = up.copyAttrs(dst, e.info)
-		}
-		return err
-	case e.info.Mode().IsRegular():
-		err := o.copyContent(e, dst, true)
-		if err == nil {
-			err = up.copyAttrs(dst, e.info)
-		}
-		return err
-	}
-	return syscall.ENOTSUP
-}
-
-// buildDir recreates the merged directory e at dst, opaque if asked, its
-// children first and its own attributes last, since adding children changes
-// its times.
-func (o *Overlay) buildDir(e entry, dst string, opaque bool, moved *[][2]string) error {
-	up := o.layers[0]
-	if err := up.fs.Mkdir(up.path(dst), 0o700); err != nil {
-		return err
-	}
-	if opaque {
-		if err := up.markOpaque(dst); err != nil {
-			return err
-		}
-	}
-	list, err := o.readMerged(e)
+	list, err := o.readMerged(d.entry)
 	if err != nil {
 		return err
 	}
 	for _, fi := range list {
-		c, ok, err := o.mergedChild(e, join(e.path, fi.Name()))
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
-		if err := o.buildTree(c, join(dst, fi.Name()), moved); err != nil {
+		if err := o.copyUpChild(d.entry, join(dir, fi.Name())); err != nil {
 			return err
 		}
 	}
-	return up.copyAttrs(dst, e.info)
+	return nil
 }
 
-// undoMoves puts the upper files that a failed moveMerged moved back.
-func (o *Overlay) undoMoves(moved [][2]string) {
-	up := o.layers[0]
-	for i := len(moved) - 1; i >= 0; i-- {
-		_ = up.fs.Rename(up.path(moved[i][1]), up.path(moved[i][0])) // best effort: nothing better is left to do
+// copyUpChild copies up the entry p of the merged directory parent, a whole
+// directory tree included. The caller holds o.mu for writing.
+func (o *Overlay) copyUpChild(parent entry, p string) error {
+	c, ok, err := o.mergedChild(parent, p)
+	switch {
+	case err != nil || !ok:
+		return err
+	case c.isDir():
+		return o.copyUpTree(p)
+	case c.inUpper():
+		return nil
+	case !c.isSymlink() && !c.info.Mode().IsRegular():
+		return syscall.ENOTSUP
 	}
+	tmp, err := o.copyToWork(c, true)
+	if err != nil {
+		return err
+	}
+	if err := o.placeCopy(tmp, p); err != nil {
+		o.discard(tmp)
+		return err
+	}
+	o.handles.copiedUp(p)
+	return nil
+}
+
+// markOpaqueKeepTimes makes the upper directory dir opaque without changing
+// its times. The caller holds o.mu for writing.
+func (o *Overlay) markOpaqueKeepTimes(dir string) error {
+	up := o.layers[0]
+	info, err := up.lstat(dir)
+	if err != nil {
+		return err
+	}
+	atime, mtime := fileAtime(info), info.ModTime() // now: MemMapFs's FileInfo is live
+	if err := up.markOpaque(dir); err != nil {
+		return err
+	}
+	return up.fs.Chtimes(up.path(dir), atime, mtime)
 }
