@@ -38,9 +38,10 @@
 // A read-only handle opened before a copy-up follows the file into the upper
 // and reads the new data from its own offset, as on Linux since 4.19.
 //
-// Renaming a directory that lower layers contribute to copies the merged
-// directory into the upper (the OCI format has no redirects), moving the
-// files that are already in the upper rather than copying them.
+// Renaming a directory that lower layers contribute to first copies the
+// whole merged directory up and makes it opaque (the OCI format has no
+// redirects), then renames it in one step, so a failure or a crash leaves
+// the old name as it was.
 //
 // # Concurrency
 //
