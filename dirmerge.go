@@ -33,16 +33,15 @@ func mergeDir(listings [][]fs.FileInfo) []fs.FileInfo {
 			decided[h] = true
 		}
 	}
-	slices.SortFunc(merged, func(a, b fs.FileInfo) int {
-		return strings.Compare(a.Name(), b.Name())
-	})
+	slices.SortFunc(merged, byName)
 	return merged
 }
 
 // readMerged lists the merged directory e: the upper's listing, if the
-// upper holds a copy, over the lowers' merged listing from the index.
+// upper holds a copy, over the lowers' merged listing from the index. Only
+// the upper's listing is sorted here; the lowers' was sorted once.
 func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
-	var listings [][]fs.FileInfo
+	var upper, lower []fs.FileInfo
 	lowers := e.dirs
 	if lowers[0] == 0 {
 		list, err := o.layers[0].readDir(e.path)
@@ -52,17 +51,64 @@ func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
 		for i, fi := range list {
 			list[i] = freeze(fi)
 		}
-		listings = append(listings, list)
-		lowers = lowers[1:]
-	}
-	if len(lowers) > 0 {
-		list, err := o.lowerListing(entry{path: e.path, dirs: lowers})
-		if err != nil {
-			return nil, err
+		upper, lowers = mergeDir([][]fs.FileInfo{list}), lowers[1:]
+		if len(lowers) > 0 {
+			lower = hiddenBy(list)
 		}
-		listings = append(listings, list)
 	}
-	return mergeDir(listings), nil
+	if len(lowers) == 0 {
+		return upper, nil
+	}
+	below, err := o.lowerListing(entry{path: e.path, dirs: lowers})
+	if err != nil {
+		return nil, err
+	}
+	return mergeSorted(upper, below, lower), nil
+}
+
+// hiddenBy returns the names that the whiteouts in list hide, as FileInfos
+// sorted by name, for mergeSorted.
+func hiddenBy(list []fs.FileInfo) []fs.FileInfo {
+	var hidden []fs.FileInfo
+	for _, fi := range list {
+		if h, ok := hiddenName(fi.Name()); ok {
+			hidden = append(hidden, frozenInfo{name: h})
+		}
+	}
+	slices.SortFunc(hidden, byName)
+	return hidden
+}
+
+// mergeSorted merges two listings sorted by name, upper winning, leaving out
+// the lower names in hidden (also sorted). It takes time linear in the
+// listings' lengths.
+func mergeSorted(upper, lower, hidden []fs.FileInfo) []fs.FileInfo {
+	merged := make([]fs.FileInfo, 0, len(upper)+len(lower))
+	i, h := 0, 0
+	for _, fi := range lower {
+		name := fi.Name()
+		for i < len(upper) && upper[i].Name() < name {
+			merged = append(merged, upper[i])
+			i++
+		}
+		for h < len(hidden) && hidden[h].Name() < name {
+			h++
+		}
+		switch {
+		case i < len(upper) && upper[i].Name() == name:
+			merged = append(merged, upper[i])
+			i++
+		case h < len(hidden) && hidden[h].Name() == name:
+		default:
+			merged = append(merged, fi)
+		}
+	}
+	return append(merged, upper[i:]...)
+}
+
+// byName orders FileInfos by name.
+func byName(a, b fs.FileInfo) int {
+	return strings.Compare(a.Name(), b.Name())
 }
 
 // frozenInfo is a FileInfo whose fields were read once. MemMapFs hands out

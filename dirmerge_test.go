@@ -171,3 +171,31 @@ func TestFSConformance(t *testing.T) {
 		}
 	}
 }
+
+func TestMergeSorted(t *testing.T) {
+	tests := []struct {
+		name                 string
+		upper, lower, hidden []fs.FileInfo
+		want                 []string
+	}{
+		{"interleaved", listing("b", "d"), listing("a", "c", "e"), nil, []string{"a", "b", "c", "d", "e"}},
+		{"upper wins", listing("b/"), listing("a", "b", "c"), nil, []string{"a", "b/", "c"}},
+		{"hidden lower names", listing("z"), listing("a", "b", "c"), listing("a", "c"), []string{"b", "z"}},
+		{"hidden but recreated above", listing("a"), listing("a/"), listing("a"), []string{"a"}},
+		{"upper only", listing("x", "y"), nil, nil, []string{"x", "y"}},
+		{"lower only", nil, listing("x", "y"), listing("q"), []string{"x", "y"}},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, fi := range mergeSorted(tt.upper, tt.lower, tt.hidden) {
+			n := fi.Name()
+			if fi.IsDir() {
+				n += "/"
+			}
+			got = append(got, n)
+		}
+		if !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s: mergeSorted = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
