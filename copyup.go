@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/spf13/afero"
@@ -168,16 +169,49 @@ func (o *Overlay) copyContent(e entry, tmp string, data bool) error {
 	return err
 }
 
-// copyFrom copies the file name of layer l into dst.
+// copyFrom copies the file name of layer l into dst. Where both handles are
+// host files it copies between them, so that the kernel copies in place
+// (copy_file_range); elsewhere it streams with a pooled buffer.
 func copyFrom(dst afero.File, l layer, name string) error {
 	src, err := l.open(name, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}
 	defer src.Close() // best effort: the source was only read
-	_, err = io.Copy(dst, src)
+	if in, ok := osFile(src); ok {
+		if out, ok := osFile(dst); ok {
+			_, err = io.Copy(out, in)
+			return err
+		}
+	}
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	_, err = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *buf)
 	return err
 }
+
+// osFile returns the *os.File behind f, which afero's OsFs returns as is
+// and BasePathFs (also under ReadOnlyFs) wraps.
+func osFile(f afero.File) (*os.File, bool) {
+	for {
+		switch t := f.(type) {
+		case *os.File:
+			return t, true
+		case *afero.BasePathFile:
+			f = t.File
+		default:
+			return nil, false
+		}
+	}
+}
+
+// copyBuffers holds the buffers of copy-ups between layers that are not
+// both on the host: 256 KiB each, so a copy-up makes few calls and holds
+// constant memory whatever the file's size.
+var copyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 256<<10)
+	return &b
+}}
 
 // copyAttrs gives name in l the owner, permission bits and times that info
 // describes. The owner goes first, since changing it clears setuid bits.

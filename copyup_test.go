@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -351,5 +352,39 @@ func TestCopyUpKeepsOwnerAndAtimeOnDisk(t *testing.T) {
 		if got := fileAtime(fi); !got.Equal(atime) {
 			t.Errorf("upper %s atime = %v, want %v", name, got, atime)
 		}
+	}
+}
+
+// TestCopyUpLargeFileOnDisk copies up a file bigger than any buffer between
+// disk layers, where the kernel does the copy, and checks every byte.
+func TestCopyUpLargeFileOnDisk(t *testing.T) {
+	low, up := t.TempDir(), t.TempDir()
+	data := make([]byte, 3<<20+123)
+	for i := range data {
+		data[i] = byte(i*7 + i>>13)
+	}
+	if err := os.WriteFile(low+"/big", data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	lower := afero.NewReadOnlyFs(afero.NewBasePathFs(afero.NewOsFs(), low))
+	o, err := New(afero.NewBasePathFs(afero.NewOsFs(), up), []afero.Fs{lower})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := o.OpenFile("big", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("!"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	got, err := os.ReadFile(up + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[0] = '!'
+	if !bytes.Equal(got, data) {
+		t.Errorf("upper copy differs from the lower file (%d bytes, want %d)", len(got), len(data))
 	}
 }
