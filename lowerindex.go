@@ -2,6 +2,8 @@ package overlay
 
 import (
 	"io/fs"
+	"slices"
+	"strings"
 	"sync"
 )
 
@@ -42,6 +44,12 @@ func (o *Overlay) lowerOnly(p string) (lowerEntry, error) {
 	parent, err := o.lowerOnly(parentOf(p))
 	if err != nil || !parent.found || !parent.isDir() || len(parent.dirs) == 0 {
 		return lowerEntry{}, err
+	}
+	if len(parent.dirs) > probeLimit {
+		absent, err := o.absentFromListing(parent.entry, baseOf(p))
+		if err != nil || absent {
+			return lowerEntry{}, err // not remembered: the listing answers again cheaply
+		}
 	}
 	e, found, err := o.child(parent.entry, baseOf(p), parent.dirs)
 	if err != nil {
@@ -86,4 +94,24 @@ func (o *Overlay) lowerListing(e entry) ([]fs.FileInfo, error) {
 	merged := mergeDir(listings)
 	o.lowers.listings.Store(e.path, merged)
 	return merged, nil
+}
+
+// probeLimit is how many lowers a directory may merge before a name that is
+// absent from all of them is found absent through the directory's merged
+// listing (read once, then searched) instead of by asking every lower: new
+// names, such as files being created, would otherwise cost two calls per
+// lower each.
+const probeLimit = 2
+
+// absentFromListing reports whether the merged lower directory dir lists no
+// entry base.
+func (o *Overlay) absentFromListing(dir entry, base string) (bool, error) {
+	list, err := o.lowerListing(dir)
+	if err != nil {
+		return false, err
+	}
+	_, found := slices.BinarySearchFunc(list, base, func(fi fs.FileInfo, name string) int {
+		return strings.Compare(fi.Name(), name)
+	})
+	return !found, nil
 }

@@ -32,7 +32,7 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 	if pinfo.Mode()&fs.ModeSetgid != 0 {
 		perm |= fs.ModeSetgid // inherited, as Linux does
 	}
-	if err := o.ensureUpperDir(r.parent.path); err != nil {
+	if err := o.ensureUpperParent(r); err != nil {
 		return err
 	}
 	p := join(r.parent.path, r.base)
@@ -134,7 +134,7 @@ func (o *Overlay) symlink(target, name string) error {
 	case target == "":
 		return syscall.ENOENT
 	}
-	if err := o.ensureUpperDir(r.parent.path); err != nil {
+	if err := o.ensureUpperParent(r); err != nil {
 		return err
 	}
 	p := join(r.parent.path, r.base)

@@ -11,26 +11,43 @@ import (
 // openFile is OpenFile's worker; name is the caller's, clean the cleaned one.
 func (o *Overlay) openFile(name, clean string, flag int, perm os.FileMode) (afero.File, error) {
 	follow := flag&syscall.O_NOFOLLOW == 0 && flag&(os.O_CREATE|os.O_EXCL) != os.O_CREATE|os.O_EXCL
-	for range maxRetries {
-		o.mu.RLock()
-		r, err := o.walk(clean, follow)
-		o.mu.RUnlock()
-		switch {
-		case err != nil:
-			return nil, err
-		case r.found && flag&(os.O_CREATE|os.O_EXCL) == os.O_CREATE|os.O_EXCL:
-			return nil, syscall.EEXIST
-		case r.found:
-			return o.openEntry(name, r.entry, flag)
-		case flag&os.O_CREATE == 0:
-			return nil, syscall.ENOENT
-		}
-		f, err := o.create(name, clean, follow, flag, perm)
-		if err != errStale {
-			return f, err
-		}
+	if flag&os.O_CREATE != 0 && !o.readOnly() {
+		return o.openCreate(name, clean, follow, flag, perm)
 	}
-	return nil, syscall.EAGAIN
+	o.mu.RLock()
+	r, err := o.walk(clean, follow)
+	o.mu.RUnlock()
+	switch {
+	case err != nil:
+		return nil, err
+	case r.found && flag&(os.O_CREATE|os.O_EXCL) == os.O_CREATE|os.O_EXCL:
+		return nil, syscall.EEXIST
+	case r.found:
+		return o.openEntry(name, r.entry, flag)
+	case flag&os.O_CREATE != 0:
+		return nil, syscall.EROFS
+	}
+	return nil, syscall.ENOENT
+}
+
+// openCreate opens name with O_CREATE: it creates the file under the lock if
+// the name is free, and opens the existing file otherwise.
+func (o *Overlay) openCreate(name, clean string, follow bool, flag int, perm os.FileMode) (afero.File, error) {
+	o.mu.Lock()
+	r, err := o.walk(clean, follow)
+	switch {
+	case err != nil:
+		o.mu.Unlock()
+		return nil, err
+	case r.found:
+		o.mu.Unlock()
+		if flag&os.O_EXCL != 0 {
+			return nil, syscall.EEXIST
+		}
+		return o.openEntry(name, r.entry, flag)
+	}
+	defer o.mu.Unlock()
+	return o.create(name, r, flag, perm)
 }
 
 // maxRetries bounds how often an operation starts over because another one
@@ -111,23 +128,11 @@ func (o *Overlay) toUpper(e entry, data bool) (entry, error) {
 	return entry{}, syscall.EAGAIN
 }
 
-// create creates a new file for OpenFile with O_CREATE, where the walk found
-// none. It returns errStale if a file appeared meanwhile.
-func (o *Overlay) create(name, clean string, follow bool, flag int, perm os.FileMode) (afero.File, error) {
-	if o.readOnly() {
-		return nil, syscall.EROFS
-	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	r, err := o.walk(clean, follow)
-	switch {
-	case err != nil:
-		return nil, err
-	case r.found:
-		return nil, errStale
-	}
+// create creates the file that the walk r did not find, for OpenFile with
+// O_CREATE. The caller holds o.mu for writing.
+func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (afero.File, error) {
 	p := join(r.parent.path, r.base)
-	if err := o.ensureUpperDir(r.parent.path); err != nil {
+	if err := o.ensureUpperParent(r); err != nil {
 		return nil, err
 	}
 	up := o.layers[0]
@@ -136,11 +141,20 @@ func (o *Overlay) create(name, clean string, follow bool, flag int, perm os.File
 		return nil, err
 	}
 	if err := o.finishCreate(p, lf, perm); err != nil {
-		_ = lf.Close() // best effort: the create is undone below
-		_ = up.fs.Remove(up.path(p))
+		_ = lf.Close()               // best effort: the create is undone below
+		_ = up.fs.Remove(up.path(p)) // best effort: a leftover empty file is a valid state
 		return nil, err
 	}
 	return o.writeHandle(name, flag, lf, p), nil
+}
+
+// ensureUpperParent makes sure the upper holds the directory that the walk
+// r ended in, copying it up if need be. The caller holds o.mu for writing.
+func (o *Overlay) ensureUpperParent(r resolved) error {
+	if r.parent.inUpper() {
+		return nil
+	}
+	return o.ensureUpperDir(r.parent.path)
 }
 
 // finishCreate gives the new upper file p exactly perm (the upper may have

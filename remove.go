@@ -87,7 +87,7 @@ func (o *Overlay) removeEntry(r resolved) error {
 	}
 	up := o.layers[0]
 	if lower {
-		if err := o.ensureUpperDir(r.parent.path); err != nil {
+		if err := o.ensureUpperParent(r); err != nil {
 			return err
 		}
 		if err := up.addWhiteout(r.path); err != nil {
