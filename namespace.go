@@ -13,14 +13,9 @@ import (
 func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	r, err := o.walk(name, false)
-	switch {
-	case err != nil:
+	r, err := o.walkNew(name)
+	if err != nil {
 		return err
-	case r.found:
-		return syscall.EEXIST
-	case o.readOnly():
-		return syscall.EROFS
 	}
 	perm &= dirModeBits
 	pinfo := r.parent.info
@@ -55,6 +50,22 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 // dirModeBits are the bits of a mode that mkdir(2) takes: setuid and setgid
 // are ignored for directories (setgid is inherited from the parent instead).
 const dirModeBits = fs.ModePerm | fs.ModeSticky
+
+// walkNew resolves a name about to be created: it must not exist (EEXIST),
+// and the overlay must be writable (EROFS), in that order, as on Linux.
+// The caller holds o.mu for writing.
+func (o *Overlay) walkNew(name string) (resolved, error) {
+	r, err := o.walk(name, false)
+	switch {
+	case err != nil:
+		return r, err
+	case r.found:
+		return r, syscall.EEXIST
+	case o.readOnly():
+		return r, syscall.EROFS
+	}
+	return r, nil
+}
 
 // mkdirPlain creates the directory p in the upper with exactly perm.
 func (o *Overlay) mkdirPlain(p string, perm os.FileMode) error {
@@ -123,14 +134,10 @@ func (o *Overlay) mkdirAll(name string, perm os.FileMode) error {
 func (o *Overlay) symlink(target, name string) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	r, err := o.walk(name, false)
+	r, err := o.walkNew(name)
 	switch {
 	case err != nil:
 		return err
-	case r.found:
-		return syscall.EEXIST
-	case o.readOnly():
-		return syscall.EROFS
 	case target == "":
 		return syscall.ENOENT
 	}
