@@ -1,12 +1,15 @@
 package overlay
 
 import (
+	"archive/tar"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/spf13/afero"
 )
@@ -214,11 +217,14 @@ var copyBuffers = sync.Pool{New: func() any {
 }}
 
 // copyAttrs gives name in l the owner, permission bits and times that info
-// describes. The owner goes first, since changing it clears setuid bits.
+// describes. The owner goes first, since changing it clears setuid bits. A
+// process that may not give files away (EPERM) keeps its own ownership of
+// the copy, as a copy-up by an unprivileged user must.
 func (l layer) copyAttrs(name string, info fs.FileInfo) error {
 	symlink := info.Mode()&fs.ModeSymlink != 0
-	if uid, gid, ok := fileOwner(info); ok {
-		if err := l.chown(name, uid, gid, symlink); err != nil {
+	if uid, gid, ok := ownerOf(info); ok {
+		err := l.chown(name, uid, gid, symlink)
+		if err != nil && !errors.Is(err, syscall.EPERM) { // an unprivileged process keeps its own ownership
 			return err
 		}
 	}
@@ -228,6 +234,18 @@ func (l layer) copyAttrs(name string, info fs.FileInfo) error {
 		}
 	}
 	return l.setTimes(name, info)
+}
+
+// ownerOf returns the owner that info reports: from the host's stat, or
+// from a tar header (a TarFs layer, or a header's FileInfo).
+func ownerOf(info fs.FileInfo) (uid, gid int, ok bool) {
+	if uid, gid, ok := fileOwner(info); ok {
+		return uid, gid, true
+	}
+	if h, ok := info.Sys().(*tar.Header); ok {
+		return h.Uid, h.Gid, true
+	}
+	return 0, 0, false
 }
 
 // modeBits are the bits of a FileMode that chmod sets.

@@ -26,6 +26,13 @@ type lowerEntry struct {
 	entry
 }
 
+// resetLowerIndex forgets everything the index remembers, for when the
+// stack of lowers changes (Commit, Reset). The caller holds o.mu for writing.
+func (o *Overlay) resetLowerIndex() {
+	o.lowers.entries.Clear()
+	o.lowers.listings.Clear()
+}
+
 // lowerOnly returns what the lowers alone show at the resolved name p,
 // ignoring the upper. The caller has checked that p's parent is a
 // directory whose merge includes the lowers.

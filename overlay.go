@@ -46,7 +46,8 @@
 // # Concurrency
 //
 // An Overlay is safe for concurrent use if its layers are; lowers must not
-// change while in use. Copy-ups of one file by racing goroutines produce one
+// change while in use. Commit and Reset are the exception: nothing else may
+// run on the overlay while they swap or empty its layers. Copy-ups of one file by racing goroutines produce one
 // copy, and a long copy-up does not block operations on other paths. Handles
 // are safe for concurrent use as *os.File is.
 package overlay

@@ -413,3 +413,26 @@ func TestErrorsHideHostPaths(t *testing.T) {
 		}
 	}
 }
+
+// TestRenameMergedDropsIdleWhiteouts checks that a renamed merged directory,
+// opaque now, keeps no whiteouts: they would hide nothing.
+func TestRenameMergedDropsIdleWhiteouts(t *testing.T) {
+	o, upper := newOverlay(t, renameLower())
+	if err := o.Remove("dir/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Remove("dir/sub/b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Rename("dir", "e"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"/e/.wh.a", "/e/sub/.wh.b"} {
+		if ok, _ := afero.Exists(upper, name); ok {
+			t.Errorf("upper holds the idle whiteout %s", name)
+		}
+	}
+	if names := readDirNames(t, o, "e"); !slices.Equal(names, []string{"sub"}) {
+		t.Errorf("Readdirnames(e) = %q, want [sub]", names)
+	}
+}

@@ -136,7 +136,7 @@ func (o *Overlay) moveUpperDir(src, dst resolved, to string, lowerOld bool) erro
 		up := o.layers[0]
 		opaque, err := up.isOpaque(src.path)
 		if err == nil && !opaque {
-			err = up.markOpaque(src.path)
+			err = o.markOpaqueKeepTimes(src.path)
 		}
 		if err != nil {
 			return err
@@ -158,7 +158,45 @@ func (o *Overlay) moveMerged(src, dst resolved, to string, lowerOld bool) error 
 	if err := o.markOpaqueKeepTimes(src.path); err != nil {
 		return err
 	}
+	if err := o.dropIdleWhiteouts(src.path); err != nil {
+		return err
+	}
 	return o.moveUpperDir(src, dst, to, lowerOld)
+}
+
+// dropIdleWhiteouts removes the whiteouts under the opaque upper directory
+// dir: with no lower beneath it they hide nothing, and a layer unpacked for
+// the kernel would show them as broken entries. Directory times are kept.
+// The caller holds o.mu for writing.
+func (o *Overlay) dropIdleWhiteouts(dir string) error {
+	up := o.layers[0]
+	info, err := up.lstat(dir)
+	if err != nil {
+		return err
+	}
+	atime, mtime := fileAtime(info), info.ModTime() // now: MemMapFs's FileInfo is live
+	list, err := up.readDir(dir)
+	if err != nil {
+		return err
+	}
+	dropped := false
+	for _, fi := range list {
+		name := fi.Name()
+		if _, ok := hiddenName(name); ok {
+			if err := up.fs.Remove(up.path(join(dir, name))); err != nil {
+				return err
+			}
+			dropped = true
+		} else if fi.IsDir() && !isReserved(name) {
+			if err := o.dropIdleWhiteouts(join(dir, name)); err != nil {
+				return err
+			}
+		}
+	}
+	if !dropped {
+		return nil
+	}
+	return up.fs.Chtimes(up.path(dir), atime, mtime)
 }
 
 // copyUpTree copies up the merged directory dir and everything in it that

@@ -1,0 +1,286 @@
+package overlay
+
+import (
+	"io/fs"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// ChangeKind says how a name differs between the lower layers and the
+// merged view.
+type ChangeKind int
+
+// The kinds of change, as docker diff reports them.
+const (
+	// Added: the lowers do not show the name; the merged view does.
+	Added ChangeKind = iota + 1
+	// Modified: both show the name, but the upper holds its own copy whose
+	// content, type or metadata may differ. A directory counts as modified
+	// when its metadata changed or a name directly in it was added or
+	// deleted.
+	Modified
+	// Deleted: the lowers show the name; the merged view does not.
+	Deleted
+)
+
+// String returns "Added", "Modified" or "Deleted".
+func (k ChangeKind) String() string {
+	switch k {
+	case Added:
+		return "Added"
+	case Modified:
+		return "Modified"
+	case Deleted:
+		return "Deleted"
+	}
+	return "ChangeKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// letter returns the letter docker diff prints for k.
+func (k ChangeKind) letter() string {
+	switch k {
+	case Added:
+		return "A"
+	case Modified:
+		return "C"
+	case Deleted:
+		return "D"
+	}
+	return "?"
+}
+
+// Change is one name that the upper layer changes.
+type Change struct {
+	Path string     // the overlay name, cleaned and unrooted: "etc/motd"
+	Kind ChangeKind // how it changed
+}
+
+// String returns the change as docker diff prints it: "A /etc/motd",
+// "C /etc", "D /tmp/x".
+func (c Change) String() string {
+	if c.Path == "." {
+		return c.Kind.letter() + " /"
+	}
+	return c.Kind.letter() + " /" + c.Path
+}
+
+// Changes reports what the upper layer changes against the lower layers, as
+// docker diff does: every name the upper adds, modifies or deletes, sorted
+// by path. A file the upper holds that the lowers also show is Modified,
+// even when only its metadata changed (a copy-up is made only to change
+// something). A directory the upper holds only because a file in it was
+// copied up is not reported. A deleted directory is reported alone, not
+// its contents; an opaque directory reports each lower name it hides as
+// Deleted. The root is never reported. A read-only overlay has no changes.
+//
+// Changes holds the overlay's read lock while it walks the upper, so it
+// sees one state of the namespace.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Changes() ([]Change, error) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	if o.readOnly() {
+		return nil, nil
+	}
+	changes, err := o.changes()
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(changes, func(a, b Change) int { return strings.Compare(a.Path, b.Path) })
+	return changes, nil
+}
+
+// changes is Changes's worker. The caller holds o.mu for reading.
+func (o *Overlay) changes() ([]Change, error) {
+	lower, ok, err := o.lowerRoot()
+	if err != nil {
+		return nil, pathErr("changes", ".", err)
+	}
+	w := changeWalker{o: o}
+	_, err = w.dir(".", lower, ok, false)
+	return w.out, err
+}
+
+// lowerRoot returns the root of the view the lower layers give without the
+// upper, and whether there are lowers at all.
+func (o *Overlay) lowerRoot() (entry, bool, error) {
+	var dirs []int
+	for i := 1; i < len(o.layers); i++ {
+		dirs = append(dirs, i)
+		opaque, err := o.layers[i].isOpaque(".")
+		if err != nil {
+			return entry{}, false, err
+		}
+		if opaque {
+			break
+		}
+	}
+	if len(dirs) == 0 {
+		return entry{}, false, nil
+	}
+	info, err := o.layers[dirs[0]].lstat(".")
+	if err != nil {
+		return entry{}, false, err
+	}
+	return entry{path: ".", layer: dirs[0], info: info, dirs: dirs}, true, nil
+}
+
+// changeWalker collects the changes of one Changes call. The caller holds
+// o.mu for reading.
+type changeWalker struct {
+	o   *Overlay
+	out []Change
+}
+
+// add records a change.
+func (w *changeWalker) add(p string, k ChangeKind) {
+	w.out = append(w.out, Change{Path: p, Kind: k})
+}
+
+// upperListing is what one upper directory holds, sorted out.
+type upperListing struct {
+	names     []fs.FileInfo   // the entries, markers left out
+	present   map[string]bool // their names
+	whiteouts []string        // the names its whiteouts hide
+	opaque    bool
+}
+
+// readUpperDir lists the upper directory p.
+func (w *changeWalker) readUpperDir(p string) (upperListing, error) {
+	list, err := w.o.layers[0].readDir(p)
+	if err != nil {
+		return upperListing{}, pathErr("changes", p, err)
+	}
+	d := upperListing{present: make(map[string]bool, len(list))}
+	for _, fi := range list {
+		name := fi.Name()
+		h, wh := hiddenName(name)
+		switch {
+		case name == opaqueMarker:
+			d.opaque = true
+		case wh:
+			d.whiteouts = append(d.whiteouts, h)
+		case !isReserved(name):
+			d.names = append(d.names, fi)
+			d.present[name] = true
+		}
+	}
+	return d, nil
+}
+
+// dir reports the changes in the upper directory p. lower is the directory
+// the lowers alone show at p, if hasLower; cut says an ancestor is opaque,
+// so that the lowers do not merge into p in the merged view. It returns
+// whether a name directly in p was added or deleted.
+func (w *changeWalker) dir(p string, lower entry, hasLower, cut bool) (bool, error) {
+	d, err := w.readUpperDir(p)
+	if err != nil {
+		return false, err
+	}
+	d.opaque = d.opaque || cut
+	listed := false
+	for _, fi := range d.names {
+		added, err := w.child(join(p, fi.Name()), fi, lower, hasLower, d.opaque)
+		if err != nil {
+			return false, err
+		}
+		listed = listed || added
+	}
+	if !hasLower {
+		return listed, nil
+	}
+	deleted, err := w.deletions(p, d, lower)
+	if err != nil {
+		return false, pathErr("changes", p, err)
+	}
+	return listed || deleted, nil
+}
+
+// child reports the changes at the upper name q, described by fi, and
+// beneath it; cut says the lowers do not merge into q. It returns whether
+// q was added.
+func (w *changeWalker) child(q string, fi fs.FileInfo, lower entry, hasLower, cut bool) (bool, error) {
+	var le entry
+	found := false
+	if hasLower {
+		var err error
+		if le, found, err = w.o.child(lower, baseOf(q), lower.dirs); err != nil {
+			return false, pathErr("changes", q, err)
+		}
+	}
+	switch {
+	case !found:
+		w.add(q, Added)
+	case fi.IsDir() && le.isDir():
+		listed, err := w.dir(q, le, true, cut)
+		if listed || metaDiffers(fi, le.info) {
+			w.add(q, Modified)
+		}
+		return false, err
+	default:
+		w.add(q, Modified)
+	}
+	if fi.IsDir() {
+		_, err := w.dir(q, entry{}, false, cut)
+		return !found, err
+	}
+	return !found, nil
+}
+
+// deletions reports the lower names that the upper directory d, at p,
+// deletes: those its whiteouts hide and, if it is opaque or beneath an
+// opaque directory, every other lower name it does not hold itself. It returns whether there was any.
+func (w *changeWalker) deletions(p string, d upperListing, lower entry) (bool, error) {
+	deleted := make(map[string]bool)
+	for _, h := range d.whiteouts {
+		if d.present[h] || deleted[h] {
+			continue
+		}
+		_, found, err := w.o.child(lower, h, lower.dirs)
+		if err != nil {
+			return false, err
+		}
+		if found {
+			deleted[h] = true
+			w.add(join(p, h), Deleted)
+		}
+	}
+	if d.opaque {
+		list, err := w.lowerListing(lower)
+		if err != nil {
+			return false, err
+		}
+		for _, fi := range list {
+			if n := fi.Name(); !d.present[n] && !deleted[n] {
+				deleted[n] = true
+				w.add(join(p, n), Deleted)
+			}
+		}
+	}
+	return len(deleted) > 0, nil
+}
+
+// lowerListing returns the merged listing of the lower directory e.
+func (w *changeWalker) lowerListing(e entry) ([]fs.FileInfo, error) {
+	listings := make([][]fs.FileInfo, 0, len(e.dirs))
+	for _, i := range e.dirs {
+		list, err := w.o.layers[i].readDir(e.path)
+		if err != nil {
+			return nil, err
+		}
+		listings = append(listings, list)
+	}
+	return mergeDir(listings), nil
+}
+
+// metaDiffers reports whether two copies of a directory differ in mode,
+// modification time or, where both report one, owner.
+func metaDiffers(a, b fs.FileInfo) bool {
+	if a.Mode() != b.Mode() || !a.ModTime().Equal(b.ModTime()) {
+		return true
+	}
+	au, ag, aok := ownerOf(a)
+	bu, bg, bok := ownerOf(b)
+	return aok && bok && (au != bu || ag != bg)
+}

@@ -1,0 +1,176 @@
+package overlay
+
+import (
+	"slices"
+	"syscall"
+
+	"github.com/spf13/afero"
+)
+
+// Commit freezes the changes made so far, as docker commit does: the current
+// upper layer becomes the topmost lower layer, and writing goes on in
+// newUpper, which must be empty. The merged view does not change. The old
+// upper's work directory is removed first, so the new lower is a clean image
+// layer; from then on the overlay never writes to it.
+//
+// Commit holds the overlay's lock while it swaps the layers, so lookups see
+// the stack before or after, never in between; but other calls, and reads
+// and writes through open handles, must not run while Commit does (they
+// read the layer list outside the lock). Handles opened before Commit keep
+// working after it; one opened for writing keeps writing to its file, which
+// is now in the committed layer, so close writers before committing for a
+// layer that no longer changes. If there is an error, it will be of type
+// [*fs.PathError]: EROFS for a read-only overlay, EINVAL for a nil newUpper,
+// ENOTEMPTY for one that holds anything.
+func (o *Overlay) Commit(newUpper afero.Fs) error {
+	if err := o.commit(newUpper); err != nil {
+		return pathErr("commit", ".", err)
+	}
+	return nil
+}
+
+// commit is Commit's worker.
+func (o *Overlay) commit(newUpper afero.Fs) error {
+	if newUpper == nil {
+		return syscall.EINVAL
+	}
+	fresh := newLayer(newUpper)
+	info, err := fresh.lstat(".")
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.readOnly() {
+		return syscall.EROFS
+	}
+	if err := checkEmpty(fresh); err != nil {
+		return err
+	}
+	if err := setWorkDir(fresh, true); err != nil {
+		return err
+	}
+	old := o.layers[0]
+	if err := setWorkDir(old, false); err != nil {
+		_ = setWorkDir(fresh, false) // best effort: the fresh upper is left as it came
+		return err
+	}
+	o.swapUpper(fresh, isHostInfo(info))
+	return nil
+}
+
+// swapUpper puts fresh on top of the stack, the old upper becoming the
+// topmost lower. The caller holds o.mu for writing.
+func (o *Overlay) swapUpper(fresh layer, autoDirTimes bool) {
+	layers := make([]layer, 0, len(o.layers)+1)
+	layers = append(layers, fresh)
+	o.layers = append(layers, o.layers...)
+	if o.autoDirTimes != autoDirTimes {
+		o.autoDirTimes = autoDirTimes
+	}
+	dirs, err := o.findRootDirs()
+	if err != nil {
+		dirs = []int{0} // the fresh upper's root is a directory; no lower is reached
+	}
+	o.rootDirs = dirs
+	o.resetLowerIndex() // the lowers changed: what the index remembers is stale
+}
+
+// checkEmpty fails with ENOTEMPTY unless the root of l holds nothing.
+func checkEmpty(l layer) error {
+	list, err := l.readDir(".")
+	if err != nil {
+		return err
+	}
+	if len(list) > 0 {
+		return syscall.ENOTEMPTY
+	}
+	return nil
+}
+
+// setWorkDir creates an empty work directory at the root of l (or, with
+// create false, removes it), keeping the times of l's root.
+func setWorkDir(l layer, create bool) error {
+	root, err := l.lstat(".")
+	if err != nil {
+		return err
+	}
+	atime, mtime := fileAtime(root), root.ModTime() // now: MemMapFs's FileInfo is live
+	if err := l.fs.RemoveAll(l.path(workDir)); err != nil {
+		return err
+	}
+	if create {
+		if err := l.fs.Mkdir(l.path(workDir), 0o700); err != nil {
+			return err
+		}
+	}
+	return l.fs.Chtimes(l.path("."), atime, mtime)
+}
+
+// Reset discards every change made in the upper layer: afterwards the
+// merged view is the lower layers' again. The upper is emptied but for its
+// work directory, which stays ready; its root's mtime is updated. Handles
+// open on upper files keep reading and writing the discarded files, as
+// handles on deleted files do. Reset holds the overlay's lock while it
+// empties the upper.
+// If there is an error, it will be of type [*fs.PathError]: EROFS for a
+// read-only overlay.
+func (o *Overlay) Reset() error {
+	if err := o.reset(); err != nil {
+		return pathErr("reset", ".", err)
+	}
+	return nil
+}
+
+// reset is Reset's worker.
+func (o *Overlay) reset() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.readOnly() {
+		return syscall.EROFS
+	}
+	up := o.layers[0]
+	if ok, err := up.exists(workDir); err != nil || !ok {
+		if err == nil {
+			err = setWorkDir(up, true)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := o.emptyUpper(); err != nil {
+		return err
+	}
+	dirs, err := o.findRootDirs()
+	if err != nil {
+		return err
+	}
+	if !slices.Equal(dirs, o.rootDirs) {
+		o.resetLowerIndex() // it started from the old root
+	}
+	o.rootDirs = dirs
+	return nil
+}
+
+// emptyUpper removes every name at the upper's root but the work directory.
+// The caller holds o.mu for writing.
+func (o *Overlay) emptyUpper() error {
+	list, err := o.layers[0].readDir(".")
+	if err != nil {
+		return err
+	}
+	removed := false
+	for _, fi := range list {
+		if fi.Name() == workDir {
+			continue
+		}
+		if err := o.removeUpper(fi.Name(), fi.IsDir()); err != nil {
+			return err
+		}
+		removed = true
+	}
+	if !removed {
+		return nil
+	}
+	return o.touchDir(".")
+}
