@@ -4,6 +4,8 @@ import (
 	"os"
 	"path"
 	"strings"
+
+	"github.com/spf13/afero"
 )
 
 // The OCI image-layer markers (image-spec layer.md), also used by aufs.
@@ -41,14 +43,42 @@ func whiteoutPath(name string) string {
 	return join(parentOf(name), whiteoutPrefix+baseOf(name))
 }
 
-// hasWhiteout reports whether layer l whites out name.
+// hasWhiteout reports whether layer l whites out name. Lookups ask this
+// often, so the marker's name is built in the layer's form in one step.
 func (l layer) hasWhiteout(name string) (bool, error) {
-	return l.exists(whiteoutPath(name))
+	dir, base := path.Split(name)
+	if l.rooted {
+		return l.exists0("/" + dir + whiteoutPrefix + base)
+	}
+	return l.exists0(dir + whiteoutPrefix + base)
 }
 
 // isOpaque reports whether the directory dir in layer l is opaque.
 func (l layer) isOpaque(dir string) (bool, error) {
-	return l.exists(join(dir, opaqueMarker))
+	switch {
+	case dir == ".":
+		return l.exists0(l.path(opaqueMarker))
+	case l.rooted:
+		return l.exists0("/" + dir + "/" + opaqueMarker)
+	}
+	return l.exists0(dir + "/" + opaqueMarker)
+}
+
+// exists0 reports whether p, a name already in the layer's form, exists.
+func (l layer) exists0(p string) (bool, error) {
+	var err error
+	if ls, ok := l.fs.(afero.Lstater); ok {
+		_, _, err = ls.LstatIfPossible(p)
+	} else {
+		_, err = l.fs.Stat(p)
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case isNotExist(err):
+		return false, nil
+	}
+	return false, err
 }
 
 // addWhiteout hides name from the layers below the upper l. Its parent
