@@ -14,6 +14,11 @@ type entry struct {
 	layer int         // the layer holding the topmost copy; 0 is the upper
 	info  fs.FileInfo // that copy, as Lstat describes it
 	dirs  []int       // for a directory: the layers whose copies merge, top-down
+
+	// whiteout is set on the entry of a name found absent because the upper
+	// whites it out, so that creating the name drops that whiteout. Without
+	// a lower copy there is never a whiteout to drop.
+	whiteout bool
 }
 
 // isDir reports whether the entry is a directory.
@@ -94,7 +99,7 @@ func (o *Overlay) walk(name string, follow bool) (resolved, error) {
 		last := onlyDots(rest)
 		if !ok {
 			if last {
-				return resolved{parent: *parent, base: c}, nil
+				return resolved{parent: *parent, base: c, entry: child}, nil
 			}
 			return resolved{}, syscall.ENOENT
 		}
@@ -218,7 +223,7 @@ func (o *Overlay) mergedChild(parent entry, p string) (entry, bool, error) {
 		return entry{}, false, err
 	}
 	if wh, err := up.hasWhiteout(p); err != nil || wh {
-		return entry{}, false, err
+		return entry{path: p, whiteout: wh}, false, err
 	}
 	return e, true, nil
 }

@@ -78,8 +78,13 @@ func (o *Overlay) lowerRootEntry(root lowerEntry) lowerEntry {
 	return root
 }
 
-// remember stores e as what the lowers show at p.
+// remember stores e as what the lowers show at p. The FileInfo is frozen:
+// the lower never changes, and a MemMapFs FileInfo would take a lock on
+// every call, which racing lookups would contend for.
 func (o *Overlay) remember(p string, e lowerEntry) (lowerEntry, error) {
+	if e.info != nil {
+		e.info = freeze(e.info)
+	}
 	o.lowers.entries.Store(p, e)
 	return e, nil
 }
@@ -95,6 +100,9 @@ func (o *Overlay) lowerListing(e entry) ([]fs.FileInfo, error) {
 		list, err := o.layers[i].readDir(e.path)
 		if err != nil {
 			return nil, err
+		}
+		for j, fi := range list {
+			list[j] = freeze(fi) // for the same reason as in remember
 		}
 		listings = append(listings, list)
 	}

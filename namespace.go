@@ -31,12 +31,7 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 		return err
 	}
 	p := join(r.parent.path, r.base)
-	up := o.layers[0]
-	whited, err := up.hasWhiteout(p)
-	if err != nil {
-		return err
-	}
-	if whited {
+	if r.whiteout {
 		err = o.mkdirOpaque(p, perm)
 	} else {
 		err = o.mkdirPlain(p, perm)
@@ -44,7 +39,7 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	return o.entryAdded(p)
+	return o.entryAdded(p, r)
 }
 
 // dirModeBits are the bits of a mode that mkdir(2) takes: setuid and setgid
@@ -148,7 +143,7 @@ func (o *Overlay) symlink(target, name string) error {
 	if err := o.layers[0].symlink(target, p); err != nil {
 		return err
 	}
-	return o.entryAdded(p)
+	return o.entryAdded(p, r)
 }
 
 // readlink is ReadlinkIfPossible's worker.

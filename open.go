@@ -140,7 +140,7 @@ func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (a
 	if err != nil {
 		return nil, err
 	}
-	if err := o.finishCreate(p, lf, perm); err != nil {
+	if err := o.finishCreate(p, r, lf, perm); err != nil {
 		_ = lf.Close()               // best effort: the create is undone below
 		_ = up.fs.Remove(up.path(p)) // best effort: a leftover empty file is a valid state
 		return nil, err
@@ -160,7 +160,7 @@ func (o *Overlay) ensureUpperParent(r resolved) error {
 // finishCreate gives the new upper file p exactly perm (the upper may have
 // applied a umask), drops a whiteout it replaces and updates its parent's
 // times. The caller holds o.mu for writing.
-func (o *Overlay) finishCreate(p string, lf afero.File, perm os.FileMode) error {
+func (o *Overlay) finishCreate(p string, r resolved, lf afero.File, perm os.FileMode) error {
 	up := o.layers[0]
 	fi, err := lf.Stat()
 	if err != nil {
@@ -171,15 +171,17 @@ func (o *Overlay) finishCreate(p string, lf afero.File, perm os.FileMode) error 
 			return err
 		}
 	}
-	return o.entryAdded(p)
+	return o.entryAdded(p, r)
 }
 
-// entryAdded finishes adding the name p to the upper: it drops a whiteout
-// that p replaces and marks the parent directory as changed. The caller
-// holds o.mu for writing.
-func (o *Overlay) entryAdded(p string) error {
-	if err := o.layers[0].dropWhiteout(p); err != nil {
-		return err
+// entryAdded finishes adding the name p to the upper, where the walk r had
+// found nothing: it drops the whiteout that p replaces, if r saw one, and
+// marks the parent directory as changed. The caller holds o.mu for writing.
+func (o *Overlay) entryAdded(p string, r resolved) error {
+	if r.whiteout {
+		if err := o.layers[0].dropWhiteout(p); err != nil {
+			return err
+		}
 	}
 	return o.touchDir(parentOf(p))
 }

@@ -367,23 +367,26 @@ func pathErr(op, name string, err error) error {
 }
 
 // errnoOf strips the path labels a layer put on err and maps afero's plain
-// sentinel errors to the errnos the kernel would return.
+// sentinel errors to the errnos the kernel would return. It walks the chain
+// by hand: errors.As would move its targets to the heap on every call.
 func errnoOf(err error) error {
-	var pe *fs.PathError
-	var le *os.LinkError
-	var se *os.SyscallError
-	switch {
-	case errors.As(err, &pe):
-		err = pe.Err
-	case errors.As(err, &le):
-		err = le.Err
-	case errors.As(err, &se):
-		err = se.Err
+	for e := err; e != nil; {
+		switch t := e.(type) {
+		case syscall.Errno:
+			return t
+		case *fs.PathError:
+			err, e = t.Err, t.Err
+			continue
+		case *os.LinkError:
+			err, e = t.Err, t.Err
+			continue
+		case *os.SyscallError:
+			err, e = t.Err, t.Err
+			continue
+		}
+		e = errors.Unwrap(e)
 	}
-	var errno syscall.Errno
 	switch {
-	case errors.As(err, &errno):
-		return errno
 	case errors.Is(err, fs.ErrNotExist):
 		return syscall.ENOENT
 	case errors.Is(err, fs.ErrExist):

@@ -101,7 +101,7 @@ func (o *Overlay) move(src, dst resolved) error {
 		return err
 	}
 	o.handles.renamed(src.path, to)
-	if err := o.entryAdded(to); err != nil {
+	if err := o.entryAdded(to, dst); err != nil {
 		return err
 	}
 	return o.touchDir(src.parent.path)
