@@ -1,0 +1,87 @@
+package bench
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"testing"
+)
+
+// bigFlag adds the 1 GiB copy-up, which is slow; OVERLAY_BENCH_BIG=1 does too.
+var bigFlag = flag.Bool("bench.big", false, "also run the copy-up workload with a 1 GiB file")
+
+// slowFlag adds the cases that take tens of seconds or more per operation
+// because a peer's algorithm is quadratic; OVERLAY_BENCH_SLOW=1 does too.
+var slowFlag = flag.Bool("bench.slow", false, "also run the quadratic peer cases (bep's 100k Readdir, MemMapFs's chunked 100k Readdir)")
+
+// noKernelEnv, when set, skips the kernel overlay even when running as root.
+const noKernelEnv = "OVERLAY_NO_KERNEL"
+
+// big reports whether the 1 GiB copy-up was asked for.
+func big() bool { return *bigFlag || os.Getenv("OVERLAY_BENCH_BIG") == "1" }
+
+// slow reports whether the quadratic peer cases were asked for.
+func slow() bool { return *slowFlag || os.Getenv("OVERLAY_BENCH_SLOW") == "1" }
+
+// diskRoot is the directory that holds every disk layer: a tmpfs that the
+// benchmarks mounted when running as root, a plain temporary directory
+// otherwise. It is set up by TestMain before any benchmark runs, since a
+// benchmark must print nothing while it is measured.
+var diskRoot string
+
+// TestMain prepares the disk root when benchmarks are to run, and removes it
+// (and every mount under it) afterwards.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(run(m))
+}
+
+// run is TestMain's body, so that its deferred cleanups run before os.Exit.
+func run(m *testing.M) int {
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		cleanup, err := setupDiskRoot()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		defer cleanup()
+	}
+	return m.Run()
+}
+
+// setupDiskRoot creates diskRoot and prints where it is as a configuration
+// line ("disk: ..."), which benchstat keeps with the results. The path is
+// short on purpose: the kernel limits the overlay mount options, 64 lowers
+// included, to one page.
+func setupDiskRoot() (func(), error) {
+	dir, err := os.MkdirTemp("/tmp", "ob")
+	if err != nil {
+		return nil, err
+	}
+	mounted := false
+	if canMount() {
+		if err := mountTmpfs(dir); err == nil {
+			mounted = true
+		} else {
+			fmt.Fprintln(os.Stderr, "bench: no tmpfs, using a plain temporary directory:", err)
+		}
+	}
+	if mounted {
+		fmt.Printf("disk: tmpfs mounted by the benchmarks at %s\n", dir)
+	} else {
+		fmt.Printf("disk: temporary directory %s on %s (not root: no tmpfs, no kernel overlay)\n", dir, fsTypeName(dir))
+	}
+	diskRoot = dir
+	return func() {
+		unmountAll()
+		if mounted {
+			if err := unmount(dir); err != nil {
+				fmt.Fprintln(os.Stderr, "bench:", err)
+				return
+			}
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+		}
+	}, nil
+}
