@@ -82,17 +82,13 @@ func (o *Overlay) walk(name string, follow bool) (resolved, error) {
 			continue
 		}
 		parent := &stack[len(stack)-1]
-		if !parent.isDir() {
-			return resolved{}, syscall.ENOTDIR
-		}
-		if isReserved(c) {
-			return resolved{}, syscall.EINVAL
-		}
-		p := join(parent.path, c)
+		var p string
 		if direct {
 			p = name[:len(name)-len(rest)-boolInt(cut)] // no allocation
+		} else {
+			p = join(parent.path, c)
 		}
-		child, ok, err := o.mergedChild(*parent, p)
+		child, ok, err := o.enter(*parent, c, p)
 		if err != nil {
 			return resolved{}, err
 		}
@@ -107,15 +103,12 @@ func (o *Overlay) walk(name string, follow bool) (resolved, error) {
 			if links++; links > maxSymlinks {
 				return resolved{}, syscall.ELOOP
 			}
-			target, err := o.layers[child.layer].readlink(child.path)
+			target, err := o.linkTarget(child)
 			if err != nil {
 				return resolved{}, err
 			}
-			if target == "" {
-				return resolved{}, syscall.ENOENT
-			}
 			if path.IsAbs(target) {
-				stack = stack[:1]
+				stack = stack[:1] // chroot: an absolute target starts at the overlay's root
 			}
 			rest, direct = target+"/"+rest, false
 			continue
@@ -123,6 +116,28 @@ func (o *Overlay) walk(name string, follow bool) (resolved, error) {
 		stack = append(stack, child)
 	}
 	return o.endOfWalk(stack)
+}
+
+// enter looks up the component c, whose resolved name is p, in the
+// directory parent.
+func (o *Overlay) enter(parent entry, c, p string) (entry, bool, error) {
+	switch {
+	case !parent.isDir():
+		return entry{}, false, syscall.ENOTDIR
+	case isReserved(c):
+		return entry{}, false, syscall.EINVAL
+	}
+	return o.mergedChild(parent, p)
+}
+
+// linkTarget returns the target of the symlink e; an empty one names
+// nothing, as on Linux.
+func (o *Overlay) linkTarget(e entry) (string, error) {
+	target, err := o.layers[e.layer].readlink(e.path)
+	if err == nil && target == "" {
+		err = syscall.ENOENT
+	}
+	return target, err
 }
 
 // onlyDots reports whether the rest of a path names nothing more: it holds
