@@ -43,6 +43,15 @@
 // redirects), then renames it in one step, so a failure or a crash leaves
 // the old name as it was.
 //
+// # Image layers
+//
+// Because the upper is an OCI layer diff, the overlay works with images as
+// Docker does: [Overlay.Changes] lists what the upper changes, [Overlay.Commit]
+// freezes the upper into a new lower, [Overlay.Reset] discards it,
+// [ExportLayer] writes it as a layer tar and [ApplyLayer] applies one,
+// [NewTarFs] stacks a layer tar as a lower without extracting it, and
+// [Flatten] squashes the merged view into one file system.
+//
 // # Concurrency
 //
 // An Overlay is safe for concurrent use if its layers are; lowers must not
