@@ -13,13 +13,12 @@ import (
 // upper's work directory is removed first, so the new lower is a clean image
 // layer; from then on the overlay never writes to it.
 //
-// Commit holds the overlay's lock while it swaps the layers, so lookups see
-// the stack before or after, never in between; but other calls, and reads
-// and writes through open handles, must not run while Commit does (they
-// read the layer list outside the lock). Handles opened before Commit keep
-// working after it; one opened for writing keeps writing to its file, which
-// is now in the committed layer, so close writers before committing for a
-// layer that no longer changes. If there is an error, it will be of type
+// Commit waits for the calls in progress and holds new ones off while it
+// swaps the layers, so every call sees the stack before or after, never in
+// between. Handles opened before Commit keep working after it: a read-only
+// handle still follows its file once copied up; one opened for writing
+// keeps writing to its file, which is now in the committed layer, so close
+// writers before committing for a layer that no longer changes. If there is an error, it will be of type
 // [*fs.PathError]: EROFS for a read-only overlay, EINVAL for a nil newUpper,
 // ENOTEMPTY for one that holds anything.
 func (o *Overlay) Commit(newUpper afero.Fs) error {
@@ -39,6 +38,8 @@ func (o *Overlay) commit(newUpper afero.Fs) error {
 	if err != nil {
 		return err
 	}
+	o.ops.Lock() // waits for the calls in progress
+	defer o.ops.Unlock()
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.readOnly() {
@@ -111,8 +112,8 @@ func setWorkDir(l layer, create bool) error {
 // merged view is the lower layers' again. The upper is emptied but for its
 // work directory, which stays ready; its root's mtime is updated. Handles
 // open on upper files keep reading and writing the discarded files, as
-// handles on deleted files do. Reset holds the overlay's lock while it
-// empties the upper.
+// handles on deleted files do. Reset waits for the calls in progress and
+// holds new ones off while it empties the upper.
 // If there is an error, it will be of type [*fs.PathError]: EROFS for a
 // read-only overlay.
 func (o *Overlay) Reset() error {
@@ -124,6 +125,8 @@ func (o *Overlay) Reset() error {
 
 // reset is Reset's worker.
 func (o *Overlay) reset() error {
+	o.ops.Lock() // waits for the calls in progress
+	defer o.ops.Unlock()
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.readOnly() {

@@ -29,8 +29,10 @@ type file struct {
 
 	// keepTimes is set on a writable handle whose layer would bump the
 	// file's mtime on Close even if nothing was written (MemMapFs does);
-	// Close then restores the mtime it had. upperPath names the file.
+	// Close then restores the mtime it had. up and upperPath name the file:
+	// the layer it was opened in stays right after a Commit.
 	keepTimes bool
+	up        layer
 	upperPath string
 }
 
@@ -186,8 +188,7 @@ func (f *file) Close() error {
 		return f.errf("close", err)
 	}
 	if !mtime.IsZero() {
-		up := f.o.layers[0]
-		_ = up.fs.Chtimes(up.path(f.upperPath), mtime, mtime) // best effort: only the layer's own bump is undone
+		_ = f.up.fs.Chtimes(f.up.path(f.upperPath), mtime, mtime) // best effort: only the layer's own bump is undone
 	}
 	return nil
 }
@@ -277,12 +278,12 @@ func (f *file) follow() error {
 	if f.node == nil || f.node.gen.Load() == f.gen {
 		return nil
 	}
-	name, inUpper, gen := f.o.handles.where(f.node)
+	name, up, gen := f.o.handles.where(f.node)
 	f.gen = gen
-	if !inUpper {
+	if up.fs == nil {
 		return nil
 	}
-	nf, err := f.o.layers[0].open(name, os.O_RDONLY, 0)
+	nf, err := up.open(name, os.O_RDONLY, 0)
 	if err != nil {
 		return nil // the copy is gone again; keep reading what we have
 	}
@@ -405,7 +406,7 @@ type handleSet struct {
 // node is one lower file that handles have open.
 type node struct {
 	path  string
-	upper bool // whether the file has been copied up
+	upper layer // the upper the file was copied up to; fs is nil before
 	refs  int
 	gen   atomic.Uint64 // bumped on every change a handle must see
 }
@@ -435,27 +436,27 @@ func (s *handleSet) release(n *node) {
 	}
 }
 
-// where returns n's current name, whether it is in the upper, and the
-// generation those reflect.
-func (s *handleSet) where(n *node) (string, bool, uint64) {
+// where returns n's current name, the upper it was copied up to (fs nil if
+// it was not), and the generation those reflect.
+func (s *handleSet) where(n *node) (string, layer, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return n.path, n.upper, n.gen.Load()
 }
 
-// copiedUp records that name now has its copy in the upper.
-func (s *handleSet) copiedUp(name string) {
+// copiedUp records that name now has its copy in the upper up.
+func (s *handleSet) copiedUp(name string, up layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n := s.nodes[name]; n != nil {
-		n.upper = true
+		n.upper = up
 		n.gen.Add(1)
 	}
 }
 
 // renamed records that oldName and everything under it moved to newName,
-// into the upper.
-func (s *handleSet) renamed(oldName, newName string) {
+// into the upper up.
+func (s *handleSet) renamed(oldName, newName string, up layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var moved []*node
@@ -466,7 +467,7 @@ func (s *handleSet) renamed(oldName, newName string) {
 		}
 	}
 	for _, n := range moved {
-		n.path, n.upper = newName+n.path[len(oldName):], true
+		n.path, n.upper = newName+n.path[len(oldName):], up
 		s.nodes[n.path] = n
 		n.gen.Add(1)
 	}

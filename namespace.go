@@ -162,6 +162,7 @@ func (o *Overlay) readlink(name string) (string, error) {
 // the worker of Chmod, Chown and Chtimes, which follow symlinks and copy up
 // even when they change nothing, as the kernel does.
 func (o *Overlay) setAttr(op, name string, set func(up afero.Fs, p string) error) error {
+	defer o.use()()
 	clean, err := cleanName(name)
 	for range maxRetries {
 		if err != nil {

@@ -55,8 +55,8 @@
 // # Concurrency
 //
 // An Overlay is safe for concurrent use if its layers are; lowers must not
-// change while in use. Commit and Reset are the exception: nothing else may
-// run on the overlay while they swap or empty its layers. Copy-ups of one file by racing goroutines produce one
+// change while in use. Commit and Reset wait for the calls in progress and
+// hold new ones off while they swap or empty the layers. Copy-ups of one file by racing goroutines produce one
 // copy, and a long copy-up does not block operations on other paths. Handles
 // are safe for concurrent use as *os.File is.
 package overlay
@@ -86,6 +86,11 @@ type Overlay struct {
 	// autoDirTimes reports whether the upper updates a directory's mtime
 	// by itself when an entry is added or removed, as real file systems do.
 	autoDirTimes bool
+
+	// ops is held for reading by every call, and every handle call, that
+	// uses the layer list, for the whole call; Commit and Reset hold it for
+	// writing while they change the list. It is always taken before mu.
+	ops sync.RWMutex
 
 	// mu guards the upper layer's namespace: lookups hold it for reading,
 	// and every change to the upper's names (create, remove, rename,
@@ -164,13 +169,15 @@ func (o *Overlay) Name() string { return "Overlay" }
 // Create creates or truncates the named file, as OpenFile with
 // O_RDWR|O_CREATE|O_TRUNC and mode 0666 does.
 func (o *Overlay) Create(name string) (afero.File, error) {
-	return o.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+	defer o.use()()
+	return o.open(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
 }
 
 // Open opens the named file or directory for reading.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Open(name string) (afero.File, error) {
-	return o.OpenFile(name, os.O_RDONLY, 0)
+	defer o.use()()
+	return o.open(name, os.O_RDONLY, 0)
 }
 
 // OpenFile opens the named file with the given flags, as os.OpenFile does on
@@ -179,6 +186,12 @@ func (o *Overlay) Open(name string) (afero.File, error) {
 // A new file gets exactly perm: no umask is applied.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) OpenFile(name string, flag int, perm os.FileMode) (afero.File, error) {
+	defer o.use()()
+	return o.open(name, flag, perm)
+}
+
+// open cleans name and opens it for Open, OpenFile and Create.
+func (o *Overlay) open(name string, flag int, perm os.FileMode) (afero.File, error) {
 	clean, err := cleanName(name)
 	if err == nil {
 		var f afero.File
@@ -193,6 +206,7 @@ func (o *Overlay) OpenFile(name string, flag int, perm os.FileMode) (afero.File,
 // merged directory it describes the topmost copy.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Stat(name string) (os.FileInfo, error) {
+	defer o.use()()
 	fi, err := o.statName(name, true)
 	if err != nil {
 		return nil, pathErr("stat", name, err)
@@ -205,6 +219,7 @@ func (o *Overlay) Stat(name string) (os.FileInfo, error) {
 // itself, whatever its layers support.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) LstatIfPossible(name string) (os.FileInfo, bool, error) {
+	defer o.use()()
 	fi, err := o.statName(name, false)
 	if err != nil {
 		return nil, true, pathErr("lstat", name, err)
@@ -216,6 +231,7 @@ func (o *Overlay) LstatIfPossible(name string) (os.FileInfo, bool, error) {
 // A directory created where a lower one was deleted is opaque.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Mkdir(name string, perm os.FileMode) error {
+	defer o.use()()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.mkdir(clean, perm)
@@ -230,6 +246,7 @@ func (o *Overlay) Mkdir(name string, perm os.FileMode) error {
 // permission bits perm. It does nothing if name is already a directory.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) MkdirAll(name string, perm os.FileMode) error {
+	defer o.use()()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.mkdirAll(clean, perm)
@@ -244,6 +261,7 @@ func (o *Overlay) MkdirAll(name string, perm os.FileMode) error {
 // layer holds is hidden by a whiteout in the upper.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Remove(name string) error {
+	defer o.use()()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.remove(clean)
@@ -259,6 +277,7 @@ func (o *Overlay) Remove(name string) error {
 // os.RemoveAll gives on a read-only mount).
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) RemoveAll(name string) error {
+	defer o.use()()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.removeAll(clean)
@@ -274,6 +293,7 @@ func (o *Overlay) RemoveAll(name string) error {
 // file replaces an existing file, and an existing directory at newname is
 // EEXIST. If there is an error, it will be of type [*os.LinkError].
 func (o *Overlay) Rename(oldname, newname string) error {
+	defer o.use()()
 	oldClean, err := cleanName(oldname)
 	if err == nil {
 		var newClean string
@@ -318,6 +338,7 @@ func (o *Overlay) Chtimes(name string, atime, mtime time.Time) error {
 // target is stored as given. It needs an upper layer that supports symlinks.
 // If there is an error, it will be of type [*os.LinkError].
 func (o *Overlay) SymlinkIfPossible(oldname, newname string) error {
+	defer o.use()()
 	clean, err := cleanName(newname)
 	if err == nil {
 		err = o.symlink(oldname, clean)
@@ -331,6 +352,7 @@ func (o *Overlay) SymlinkIfPossible(oldname, newname string) error {
 // ReadlinkIfPossible returns the target of the named symbolic link.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) ReadlinkIfPossible(name string) (string, error) {
+	defer o.use()()
 	clean, err := cleanName(name)
 	if err == nil {
 		var target string
@@ -339,6 +361,13 @@ func (o *Overlay) ReadlinkIfPossible(name string) (string, error) {
 		}
 	}
 	return "", pathErr("readlink", name, err)
+}
+
+// use marks a call in progress until the returned function runs: Commit
+// and Reset wait for it. Callers write defer o.use()().
+func (o *Overlay) use() func() {
+	o.ops.RLock()
+	return o.ops.RUnlock
 }
 
 // cleanName turns a caller's name into the overlay's form: cleaned and

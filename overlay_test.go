@@ -436,3 +436,24 @@ func TestRenameMergedDropsIdleWhiteouts(t *testing.T) {
 		t.Errorf("Readdirnames(e) = %q, want [sub]", names)
 	}
 }
+
+// TestReadHandleFollowsAcrossCommit checks that a read handle that has yet
+// to follow its copied-up file finds it in the committed layer.
+func TestReadHandleFollowsAcrossCommit(t *testing.T) {
+	o, _ := newOverlay(t, timedLayer(map[string]string{"f": "lower"}, nil))
+	r, err := o.Open("f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := afero.WriteFile(o, "f", []byte("upper"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Commit(afero.NewMemMapFs()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	if err != nil || string(got) != "upper" {
+		t.Errorf("read after Commit = %q, %v, want %q", got, err, "upper")
+	}
+}

@@ -100,7 +100,7 @@ func (o *Overlay) move(src, dst resolved) error {
 	if err != nil {
 		return err
 	}
-	o.handles.renamed(src.path, to)
+	o.handles.renamed(src.path, to, o.layers[0])
 	if err := o.entryAdded(to, dst); err != nil {
 		return err
 	}
@@ -243,7 +243,7 @@ func (o *Overlay) copyUpChild(parent entry, p string) error {
 		o.discard(tmp)
 		return err
 	}
-	o.handles.copiedUp(p)
+	o.handles.copiedUp(p, o.layers[0])
 	return nil
 }
 
