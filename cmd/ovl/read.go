@@ -107,20 +107,9 @@ var catCommand = command{
 		var s stackFlags
 		s.register(fs)
 		return func(e *env, args []string) error {
-			if len(args) == 0 {
-				return usageError("no PATH given")
-			}
-			st, err := s.openView()
-			if err != nil {
-				return err
-			}
-			defer st.close()
-			for _, p := range args {
-				if err := cat(e.stdout, st.o, p); err != nil {
-					return err
-				}
-			}
-			return nil
+			return s.eachPath(args, func(o *overlay.Overlay, p string) error {
+				return cat(e.stdout, o, p)
+			})
 		}
 	},
 }
@@ -209,20 +198,9 @@ var statCommand = command{
 		s.register(fs)
 		follow := fs.Bool("L", false, "follow symlinks")
 		return func(e *env, args []string) error {
-			if len(args) == 0 {
-				return usageError("no PATH given")
-			}
-			st, err := s.openView()
-			if err != nil {
-				return err
-			}
-			defer st.close()
-			for _, p := range args {
-				if err := stat(e.stdout, st.o, p, *follow); err != nil {
-					return err
-				}
-			}
-			return nil
+			return s.eachPath(args, func(o *overlay.Overlay, p string) error {
+				return stat(e.stdout, o, p, *follow)
+			})
 		}
 	},
 }

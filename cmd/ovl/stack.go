@@ -183,3 +183,22 @@ func (st *stack) gunzip(f *os.File, name string) (*os.File, error) {
 
 // errExists reports an output directory that is not empty.
 var errExists = errors.New("exists and is not empty")
+
+// eachPath opens the stack read-only and runs fn on each PATH argument in
+// turn, stopping at the first error. At least one PATH is required.
+func (s *stackFlags) eachPath(paths []string, fn func(o *overlay.Overlay, p string) error) error {
+	if len(paths) == 0 {
+		return usageError("no PATH given")
+	}
+	st, err := s.openView()
+	if err != nil {
+		return err
+	}
+	defer st.close()
+	for _, p := range paths {
+		if err := fn(st.o, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
