@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"io/fs"
 	"slices"
 	"syscall"
 
@@ -33,7 +34,10 @@ func (o *Overlay) commit(newUpper afero.Fs) error {
 	if newUpper == nil {
 		return syscall.EINVAL
 	}
-	fresh := newLayer(newUpper)
+	fresh, err := o.cfg.upperLayer(newUpper)
+	if err != nil {
+		return err
+	}
 	info, err := fresh.lstat(".")
 	if err != nil {
 		return err
@@ -167,7 +171,7 @@ func (o *Overlay) emptyUpper() error {
 		if fi.Name() == workDir {
 			continue
 		}
-		if err := o.removeUpper(fi.Name(), fi.IsDir()); err != nil {
+		if err := o.removeUpperListed(fi); err != nil {
 			return err
 		}
 		removed = true
@@ -176,4 +180,20 @@ func (o *Overlay) emptyUpper() error {
 		return nil
 	}
 	return o.touchDir(".")
+}
+
+// removeUpperListed removes the entry fi of the upper's root listing. In a
+// kernel-format upper the listing shows the markers in the OCI form (see
+// kernelMarkers), so they are removed as what they really are.
+func (o *Overlay) removeUpperListed(fi fs.FileInfo) error {
+	up := o.layers[0]
+	if up.noOCI {
+		if h, ok := hiddenName(fi.Name()); ok {
+			return up.dropWhiteout(h)
+		}
+		if fi.Name() == opaqueMarker {
+			return up.clearOpaqueXattr(".")
+		}
+	}
+	return o.removeUpper(fi.Name(), fi.IsDir())
 }

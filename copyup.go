@@ -104,6 +104,10 @@ func (o *Overlay) ensureUpperDir(dir string) error {
 	if err != nil {
 		return err
 	}
+	if err := o.copyXattrs(r.entry, tmp); err != nil {
+		o.discard(tmp)
+		return err
+	}
 	if err := o.placeCopy(tmp, dir); err != nil {
 		o.discard(tmp)
 		return err
@@ -136,6 +140,9 @@ func (o *Overlay) copyToWork(e entry, data bool) (string, error) {
 		err = o.copySymlink(e, tmp)
 	} else {
 		err = o.copyContent(e, tmp, data)
+	}
+	if err == nil {
+		err = o.copyXattrs(e, tmp)
 	}
 	if err == nil {
 		err = up.copyAttrs(tmp, e.info)

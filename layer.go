@@ -15,6 +15,17 @@ import (
 type layer struct {
 	fs     afero.Fs // nil for the missing upper of a read-only overlay
 	rooted bool     // whether names are passed as "/a/b" rather than "a/b"
+
+	// noOCI is set where the layer's OCI markers (".wh." files) are not
+	// honoured: in a kernel-format upper.
+	noOCI bool
+	// kernel is set where the layer's kernel markers (whiteout devices,
+	// opaque xattrs) are honoured: a kernel-format upper, or a lower that
+	// is a directory on the host. Such a layer implements realPather.
+	kernel bool
+	// xattrNS is the namespace of the overlay xattrs a kernel-format layer
+	// holds: "trusted.overlay." or "user.overlay.".
+	xattrNS string
 }
 
 // newLayer wraps fsys, choosing the rooted form unless fsys accepts only
@@ -85,7 +96,11 @@ func (l layer) readDir(name string) ([]fs.FileInfo, error) {
 		return nil, err
 	}
 	defer f.Close() // best effort: the directory was only read
-	return f.Readdir(-1)
+	list, err := f.Readdir(-1)
+	if err != nil || !l.kernel {
+		return list, err
+	}
+	return l.kernelMarkers(name, list)
 }
 
 // open opens name in this layer.

@@ -226,6 +226,8 @@ func (o *Overlay) mergedChild(parent entry, p string) (entry, bool, error) {
 	switch {
 	case err != nil && !isNotExist(err):
 		return entry{}, false, err
+	case err == nil && up.kernel && isWhiteoutInfo(info):
+		return entry{path: p, whiteout: true}, false, nil
 	case err == nil && !info.IsDir():
 		return entry{path: p, layer: 0, info: info}, true, nil
 	case err == nil:
@@ -253,6 +255,9 @@ func (o *Overlay) upperDir(p string, info fs.FileInfo, lowers bool) (entry, bool
 	}
 	if opaque, err := o.layers[0].isOpaque(p); err != nil || opaque {
 		return e, true, err
+	}
+	if err := o.layers[0].checkRedirect(p); err != nil {
+		return entry{}, false, err
 	}
 	le, err := o.lowerOnly(p)
 	if err != nil {
@@ -284,6 +289,9 @@ func (o *Overlay) child(parent entry, base string, layers []int) (entry, bool, e
 		info, err := l.lstat(p)
 		if err != nil && !isNotExist(err) {
 			return entry{}, false, err
+		}
+		if err == nil && l.kernel && isWhiteoutInfo(info) {
+			return top, found, nil
 		}
 		if err != nil {
 			if wh, err := l.hasWhiteout(p); err != nil || wh {

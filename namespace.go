@@ -31,6 +31,9 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 		return err
 	}
 	p := join(r.parent.path, r.base)
+	if err := o.clearWhiteout(p, r); err != nil {
+		return err
+	}
 	if r.whiteout {
 		err = o.mkdirOpaque(p, perm)
 	} else {
@@ -140,6 +143,9 @@ func (o *Overlay) symlink(target, name string) error {
 		return err
 	}
 	p := join(r.parent.path, r.base)
+	if err := o.clearWhiteout(p, r); err != nil {
+		return err
+	}
 	if err := o.layers[0].symlink(target, p); err != nil {
 		return err
 	}

@@ -135,6 +135,9 @@ func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (a
 	if err := o.ensureUpperParent(r); err != nil {
 		return nil, err
 	}
+	if err := o.clearWhiteout(p, r); err != nil {
+		return nil, err
+	}
 	up := o.layers[0]
 	lf, err := up.open(p, flag&^os.O_TRUNC|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {

@@ -98,6 +98,7 @@ type Overlay struct {
 	// never held across a file copy-up's data copy.
 	mu sync.RWMutex
 
+	cfg      config     // what New's options set
 	rootDirs []int      // the layers whose roots merge, top-down; fixed at New
 	lowers   lowerIndex // what the lowers show, looked up once
 
@@ -116,7 +117,52 @@ var (
 type Option func(*config)
 
 // config collects what the options set.
-type config struct{}
+type config struct {
+	format    Format
+	userXattr bool
+}
+
+// Format is how a layer marks whiteouts and opaque directories.
+type Format int
+
+const (
+	// FormatOCI is the OCI image-layer format: a whiteout for NAME is an
+	// empty file ".wh.NAME" beside it, and an opaque directory holds an
+	// empty file ".wh..wh..opq". Any afero.Fs can hold it.
+	FormatOCI Format = iota
+	// FormatKernel is the format of the kernel's own upper directories: a
+	// whiteout is a character device 0:0 under the name itself, and an
+	// opaque directory has the xattr trusted.overlay.opaque="y" (with
+	// WithUserXattr, user.overlay.opaque). It needs a layer that is a
+	// directory on the host: one with the method RealPath(name string)
+	// (string, error), as afero.BasePathFs over afero.OsFs has.
+	FormatKernel
+)
+
+// String returns "oci" or "kernel".
+func (f Format) String() string {
+	switch f {
+	case FormatOCI:
+		return "oci"
+	case FormatKernel:
+		return "kernel"
+	}
+	return fmt.Sprintf("Format(%d)", int(f))
+}
+
+// WithFormat selects the format of the markers the overlay writes in the
+// upper layer (and reads there). The default is FormatOCI. Lowers are read
+// in whichever format they hold, whatever this option says.
+func WithFormat(f Format) Option {
+	return func(c *config) { c.format = f }
+}
+
+// WithUserXattr makes kernel-format markers use the user.overlay.* xattrs
+// instead of trusted.overlay.*, as the kernel's userxattr mount option
+// does. It needs no privilege.
+func WithUserXattr() Option {
+	return func(c *config) { c.userXattr = true }
+}
 
 // New returns an Overlay of upper over lowers. lowers[0] is the topmost
 // lower layer, as in the kernel's lowerdir=l1:l2:l3. A nil upper gives a
@@ -137,17 +183,24 @@ func New(upper afero.Fs, lowers []afero.Fs, opts ...Option) (*Overlay, error) {
 	if len(lowers) == 0 && upper == nil {
 		return nil, errors.New("overlay: no layers")
 	}
-	o := &Overlay{layers: make([]layer, 0, len(lowers)+1)}
-	o.layers = append(o.layers, newLayer(upper))
+	o := &Overlay{layers: make([]layer, 0, len(lowers)+1), cfg: cfg}
+	up, err := cfg.upperLayer(upper)
+	if err != nil {
+		return nil, err
+	}
+	o.layers = append(o.layers, up)
 	for i, l := range lowers {
 		if l == nil {
 			return nil, fmt.Errorf("overlay: lower layer %d is nil", i)
 		}
-		o.layers = append(o.layers, newLayer(l))
+		o.layers = append(o.layers, cfg.lowerLayer(l))
 	}
 	if upper != nil {
 		if err := o.prepareWorkDir(); err != nil {
 			return nil, pathErr("new", workDir, err)
+		}
+		if err := o.probeXattrs(); err != nil {
+			return nil, err
 		}
 		info, err := o.layers[0].lstat(".")
 		if err != nil {

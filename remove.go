@@ -86,7 +86,13 @@ func (o *Overlay) removeEntry(r resolved) error {
 		return err
 	}
 	up := o.layers[0]
-	if lower {
+	replaced := lower && up.noOCI && r.inUpper() // the whiteout takes the entry's own name
+	switch {
+	case replaced:
+		if err := o.whiteOutUpper(r.path); err != nil {
+			return err
+		}
+	case lower:
 		if err := o.ensureUpperParent(r); err != nil {
 			return err
 		}
@@ -94,7 +100,7 @@ func (o *Overlay) removeEntry(r resolved) error {
 			return err
 		}
 	}
-	if r.inUpper() {
+	if r.inUpper() && !replaced {
 		if err := o.removeUpper(r.path, r.isDir()); err != nil {
 			return err
 		}

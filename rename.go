@@ -80,6 +80,9 @@ func (o *Overlay) move(src, dst resolved) error {
 		return err
 	}
 	to := join(dst.parent.path, dst.base)
+	if err := o.clearWhiteout(to, dst); err != nil {
+		return err
+	}
 	lowerOld, err := o.inLowers(src.parent, src.base)
 	if err != nil {
 		return err
@@ -116,6 +119,9 @@ func upperOnly(e entry) bool {
 // lower layer would show it afterwards.
 func (o *Overlay) moveUpper(from, to string, lowerOld bool) error {
 	up := o.layers[0]
+	if lowerOld && up.noOCI {
+		return up.renameWhiteout(from, to)
+	}
 	if lowerOld {
 		if err := up.addWhiteout(from); err != nil {
 			return err
@@ -182,8 +188,8 @@ func (o *Overlay) dropIdleWhiteouts(dir string) error {
 	dropped := false
 	for _, fi := range list {
 		name := fi.Name()
-		if _, ok := hiddenName(name); ok {
-			if err := up.fs.Remove(up.path(join(dir, name))); err != nil {
+		if h, ok := hiddenName(name); ok {
+			if err := up.dropWhiteout(join(dir, h)); err != nil {
 				return err
 			}
 			dropped = true

@@ -46,6 +46,9 @@ func whiteoutPath(name string) string {
 // hasWhiteout reports whether layer l whites out name. Lookups ask this
 // often, so the marker's name is built in the layer's form in one step.
 func (l layer) hasWhiteout(name string) (bool, error) {
+	if l.noOCI {
+		return l.whiteoutDevAt(name)
+	}
 	dir, base := path.Split(name)
 	if l.rooted {
 		return l.exists0("/" + dir + whiteoutPrefix + base)
@@ -55,6 +58,11 @@ func (l layer) hasWhiteout(name string) (bool, error) {
 
 // isOpaque reports whether the directory dir in layer l is opaque.
 func (l layer) isOpaque(dir string) (bool, error) {
+	if l.kernel {
+		if opaque, err := l.opaqueXattr(dir); err != nil || opaque || l.noOCI {
+			return opaque, err
+		}
+	}
 	switch {
 	case dir == ".":
 		return l.exists0(l.path(opaqueMarker))
@@ -84,11 +92,23 @@ func (l layer) exists0(p string) (bool, error) {
 // addWhiteout hides name from the layers below the upper l. Its parent
 // must already be a directory in l.
 func (l layer) addWhiteout(name string) error {
+	if l.noOCI {
+		return l.mknodWhiteout(name)
+	}
 	return l.createEmpty(whiteoutPath(name))
 }
 
-// dropWhiteout removes l's whiteout for name, if there is one.
+// dropWhiteout removes l's whiteout for name, if there is one. In the
+// kernel format only a whiteout device at name is removed, never anything
+// else there.
 func (l layer) dropWhiteout(name string) error {
+	if l.noOCI {
+		wh, err := l.whiteoutDevAt(name)
+		if err != nil || !wh {
+			return err
+		}
+		return l.fs.Remove(l.path(name))
+	}
 	err := l.fs.Remove(l.path(whiteoutPath(name)))
 	if err != nil && !isNotExist(err) {
 		return err
@@ -98,6 +118,9 @@ func (l layer) dropWhiteout(name string) error {
 
 // markOpaque makes the directory dir in l opaque.
 func (l layer) markOpaque(dir string) error {
+	if l.noOCI {
+		return l.setOpaqueXattr(dir)
+	}
 	return l.createEmpty(join(dir, opaqueMarker))
 }
 

@@ -1,0 +1,181 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"github.com/spf13/afero"
+)
+
+// The namespaces of the kernel's overlay xattrs.
+const (
+	trustedNS = "trusted.overlay."
+	userNS    = "user.overlay."
+)
+
+// xattrNS returns the namespace of the overlay xattrs the options select.
+func (c config) xattrNS() string {
+	if c.userXattr {
+		return userNS
+	}
+	return trustedNS
+}
+
+// upperLayer wraps the upper in the format the options select. A
+// kernel-format upper must be a directory on the host.
+func (c config) upperLayer(fsys afero.Fs) (layer, error) {
+	l := newLayer(fsys)
+	switch {
+	case fsys == nil || c.format == FormatOCI:
+		return l, nil
+	case c.format != FormatKernel:
+		return layer{}, fmt.Errorf("overlay: unknown upper format %v", c.format)
+	case !kernelMarkersSupported:
+		return layer{}, errors.New("overlay: FormatKernel is supported on Linux only")
+	}
+	if _, ok := fsys.(realPather); !ok {
+		return layer{}, errors.New("overlay: FormatKernel needs an upper layer that is a directory on the host " +
+			"(an afero.Fs with RealPath, such as afero.BasePathFs over afero.OsFs)")
+	}
+	l.kernel, l.noOCI, l.xattrNS = true, true, c.xattrNS()
+	return l, nil
+}
+
+// lowerLayer wraps a lower. A lower that is a directory on the host is read
+// in both formats, so a stack may mix OCI and kernel layers.
+func (c config) lowerLayer(fsys afero.Fs) layer {
+	l := newLayer(fsys)
+	if _, ok := fsys.(realPather); ok && kernelMarkersSupported {
+		l.kernel, l.xattrNS = true, c.xattrNS()
+	}
+	return l
+}
+
+// realName returns the host path of name in the kernel-format layer l.
+func (l layer) realName(name string) (string, error) {
+	return l.fs.(realPather).RealPath(l.path(name))
+}
+
+// whiteoutDevAt reports whether name in l is a whiteout device.
+func (l layer) whiteoutDevAt(name string) (bool, error) {
+	fi, err := l.lstat(name)
+	switch {
+	case err == nil:
+		return isWhiteoutInfo(fi), nil
+	case isNotExist(err):
+		return false, nil
+	}
+	return false, err
+}
+
+// kernelMarkers rewrites the listing of the directory dir of the
+// kernel-format layer l into the OCI form every listing consumer reads: a
+// whiteout device NAME becomes ".wh.NAME", and an opaque directory gets an
+// ".wh..wh..opq" entry.
+func (l layer) kernelMarkers(dir string, list []fs.FileInfo) ([]fs.FileInfo, error) {
+	for i, fi := range list {
+		if isWhiteoutInfo(fi) {
+			list[i] = frozenInfo{name: whiteoutPrefix + fi.Name(), modTime: fi.ModTime(), sys: fi.Sys()}
+		}
+	}
+	opaque, err := l.opaqueXattr(dir)
+	if err != nil {
+		return nil, err
+	}
+	if opaque {
+		list = append(list, frozenInfo{name: opaqueMarker})
+	}
+	return list, nil
+}
+
+// probeXattrs checks that a kernel-format upper can both write and read
+// back its opaque xattr. Without CAP_SYS_ADMIN, setting a trusted.* xattr
+// fails and, worse, reading one silently finds nothing.
+func (o *Overlay) probeXattrs() error {
+	up := o.layers[0]
+	if !up.noOCI {
+		return nil
+	}
+	tmp := o.tmpName()
+	if err := up.fs.Mkdir(up.path(tmp), 0o700); err != nil {
+		return pathErr("new", workDir, err)
+	}
+	defer o.discard(tmp)
+	if err := up.setOpaqueXattr(tmp); err != nil {
+		return fmt.Errorf("overlay: FormatKernel cannot set the xattr %sopaque in the upper (%w); "+
+			"trusted.* xattrs need CAP_SYS_ADMIN, user.* ones WithUserXattr and a file system that holds them",
+			up.xattrNS, errnoOf(err))
+	}
+	opaque, err := up.opaqueXattr(tmp)
+	if err != nil || !opaque {
+		return fmt.Errorf("overlay: FormatKernel cannot read back the xattr %sopaque in the upper (%v); "+
+			"reading trusted.* xattrs needs CAP_SYS_ADMIN", up.xattrNS, err)
+	}
+	return nil
+}
+
+// clearWhiteout removes the whiteout device that the walk r found at the
+// name p, which is about to be created, in a kernel-format upper: there the
+// whiteout holds the name itself. The OCI format drops its whiteout after
+// the name is created (entryAdded). The caller holds o.mu for writing.
+func (o *Overlay) clearWhiteout(p string, r resolved) error {
+	up := o.layers[0]
+	if !up.noOCI || !r.whiteout {
+		return nil
+	}
+	return up.dropWhiteout(p)
+}
+
+// whiteOutUpper replaces the upper entry name (a directory with whatever it
+// holds included) by a whiteout in one step, in a kernel-format upper: it
+// moves the entry into the work directory, leaving a whiteout behind, and
+// discards it there. The caller holds o.mu for writing.
+func (o *Overlay) whiteOutUpper(name string) error {
+	up := o.layers[0]
+	tmp := o.tmpName()
+	if err := up.renameWhiteout(name, tmp); err != nil {
+		return err
+	}
+	o.discard(tmp)
+	return nil
+}
+
+// copyXattrs copies the xattrs of the lower entry e to tmp, its copy in a
+// kernel-format upper, as the kernel's copy-up does: every xattr but the
+// overlay's own. Nothing is copied for an OCI upper or from a lower that is
+// not a directory on the host.
+func (o *Overlay) copyXattrs(e entry, tmp string) error {
+	up, low := o.layers[0], o.layers[e.layer]
+	if !up.noOCI || !low.kernel {
+		return nil
+	}
+	from, err := low.realName(e.path)
+	if err != nil {
+		return err
+	}
+	to, err := up.realName(tmp)
+	if err != nil {
+		return err
+	}
+	return copyHostXattrs(from, to, e.isSymlink())
+}
+
+// ErrRedirect is the error for a directory that the kernel renamed with a
+// redirect xattr (redirect_dir=on): the overlay does not follow redirects,
+// and the OCI format cannot express them.
+var ErrRedirect = errors.New("overlay: redirected directory (redirect xattr) not supported")
+
+// checkRedirect fails with ErrRedirect if the directory dir of a
+// kernel-format upper carries a redirect xattr, rather than show a merged
+// view without the lower content the redirect names.
+func (l layer) checkRedirect(dir string) error {
+	if !l.noOCI {
+		return nil
+	}
+	redirected, err := l.hasRedirect(dir)
+	if err == nil && redirected {
+		err = ErrRedirect
+	}
+	return err
+}
