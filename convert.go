@@ -1,0 +1,217 @@
+package overlay
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/afero"
+)
+
+// Convert rewrites the markers of layer, an upper or a layer that is a
+// directory on the host (an afero.Fs with RealPath), into the format to, in
+// place, as containerd does when it unpacks an image layer for the kernel.
+//
+// To FormatKernel, a whiteout ".wh.NAME" becomes a character device 0:0
+// NAME and an opaque marker ".wh..wh..opq" becomes the opaque xattr
+// (trusted.overlay.opaque, or user.overlay.opaque WithUserXattr). To
+// FormatOCI, the reverse. A whiteout's permission bits and times carry over;
+// so do the times of every directory Convert changes. The overlay's work
+// directory (".wh..wh.work") is left as it is.
+//
+// The OCI format cannot express a redirected directory (one the kernel
+// renamed with redirect_dir=on), so converting a layer that holds one to
+// FormatOCI fails with an error matching [ErrRedirect] before anything is
+// changed. A whiteout ".wh.NAME" beside an entry NAME is EEXIST.
+// Options other than WithUserXattr are ignored.
+// If there is an error, it will be of type [*fs.PathError].
+func Convert(layer afero.Fs, to Format, opts ...Option) error {
+	var cfg config
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	rp, ok := layer.(realPather)
+	if !ok || !kernelMarkersSupported {
+		return &fs.PathError{Op: "convert", Path: ".", Err: errors.ErrUnsupported}
+	}
+	root, err := rp.RealPath("/")
+	if err != nil {
+		return pathErr("convert", ".", err)
+	}
+	c := converter{root: root, ns: cfg.xattrNS()}
+	switch to {
+	case FormatKernel:
+		err = c.walk(".", c.toKernel)
+	case FormatOCI:
+		if err = c.walk(".", c.checkNoRedirect); err == nil {
+			err = c.walk(".", c.toOCI)
+		}
+	default:
+		err = pathErr("convert", ".", syscall.EINVAL)
+	}
+	return err
+}
+
+// converter rewrites the markers of the layer at the host directory root.
+type converter struct {
+	root string // the layer's host directory
+	ns   string // the namespace of the overlay xattrs
+}
+
+// host returns the host path of the layer name p.
+func (c converter) host(p string) string {
+	if p == "." {
+		return c.root
+	}
+	return c.root + "/" + p
+}
+
+// walk calls fn on every directory of the layer, parents first, and keeps
+// the times of each directory fn changes. It skips the work directory.
+func (c converter) walk(dir string, fn func(dir string, list []os.DirEntry) error) error {
+	hp := c.host(dir)
+	info, err := os.Lstat(hp)
+	if err != nil {
+		return pathErr("convert", dir, err)
+	}
+	list, err := os.ReadDir(hp)
+	if err != nil {
+		return pathErr("convert", dir, err)
+	}
+	if err := fn(dir, list); err != nil {
+		return err
+	}
+	if err := os.Chtimes(hp, fileAtime(info), info.ModTime()); err != nil {
+		return pathErr("convert", dir, err)
+	}
+	for _, de := range list {
+		if de.IsDir() && !strings.HasPrefix(de.Name(), internalPrefix) {
+			if err := c.walk(join(dir, de.Name()), fn); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// toKernel turns the OCI markers in dir into kernel ones.
+func (c converter) toKernel(dir string, list []os.DirEntry) error {
+	names := make(map[string]bool, len(list))
+	for _, de := range list {
+		names[de.Name()] = true
+	}
+	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, xattrNS: c.ns}
+	for _, de := range list {
+		name := de.Name()
+		p := join(dir, name)
+		var err error
+		switch h, wh := hiddenName(name); {
+		case name == opaqueMarker:
+			if err = kl.setOpaqueXattr(dir); err == nil {
+				err = os.Remove(c.host(p))
+			}
+		case wh && names[h]:
+			err = syscall.EEXIST
+		case wh:
+			err = c.markerToDevice(p, join(dir, h))
+		}
+		if err != nil {
+			return pathErr("convert", p, err)
+		}
+	}
+	return nil
+}
+
+// markerToDevice replaces the OCI whiteout file marker by a whiteout
+// device at name, with the marker's permission bits and times.
+func (c converter) markerToDevice(marker, name string) error {
+	info, err := os.Lstat(c.host(marker))
+	if err != nil {
+		return err
+	}
+	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true}
+	if err := kl.mknodWhiteout(name); err != nil {
+		return err
+	}
+	if err := os.Chmod(c.host(name), info.Mode().Perm()); err != nil {
+		return err
+	}
+	if err := os.Chtimes(c.host(name), fileAtime(info), info.ModTime()); err != nil {
+		return err
+	}
+	return os.Remove(c.host(marker))
+}
+
+// checkNoRedirect fails with ErrRedirect if a directory in dir is
+// redirected.
+func (c converter) checkNoRedirect(dir string, list []os.DirEntry) error {
+	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, xattrNS: c.ns}
+	for _, de := range list {
+		if !de.IsDir() {
+			continue
+		}
+		p := join(dir, de.Name())
+		redirected, err := kl.hasRedirect(p)
+		if err == nil && redirected {
+			err = ErrRedirect
+		}
+		if err != nil {
+			return pathErr("convert", p, err)
+		}
+	}
+	return nil
+}
+
+// toOCI turns the kernel markers in dir into OCI ones.
+func (c converter) toOCI(dir string, list []os.DirEntry) error {
+	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, xattrNS: c.ns}
+	opaque, err := kl.opaqueXattr(dir)
+	if err == nil && opaque {
+		err = c.createMarker(join(dir, opaqueMarker), 0o644, nil)
+		if err == nil {
+			err = kl.clearOpaqueXattr(dir)
+		}
+	}
+	if err != nil {
+		return pathErr("convert", dir, err)
+	}
+	for _, de := range list {
+		p := join(dir, de.Name())
+		if de.Type()&fs.ModeCharDevice == 0 {
+			continue
+		}
+		info, err := os.Lstat(c.host(p))
+		if err != nil {
+			return pathErr("convert", p, err)
+		}
+		if !isWhiteoutInfo(info) {
+			continue
+		}
+		err = os.Remove(c.host(p))
+		if err == nil {
+			err = c.createMarker(whiteoutPath(p), info.Mode().Perm(), info)
+		}
+		if err != nil {
+			return pathErr("convert", p, err)
+		}
+	}
+	return nil
+}
+
+// createMarker creates the empty OCI marker file p with the permission bits
+// perm and, if info is not nil, its times.
+func (c converter) createMarker(p string, perm fs.FileMode, info fs.FileInfo) error {
+	hp := c.host(p)
+	if err := os.WriteFile(hp, nil, perm); err != nil {
+		return err
+	}
+	if err := os.Chmod(hp, perm); err != nil {
+		return err
+	}
+	if info == nil {
+		return nil
+	}
+	return os.Chtimes(hp, fileAtime(info), info.ModTime())
+}
