@@ -1,0 +1,360 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"testing/fstest"
+
+	"github.com/spf13/afero"
+	"golang.org/x/sys/unix"
+	"pgregory.net/rapid"
+)
+
+// kernelFormatStack is an overlay in the kernel format over lowers in the
+// kernel's layout, all directories on the host, so that the kernel can be
+// mounted on the very same directories.
+type kernelFormatStack struct {
+	base   string   // a short directory holding everything, for mount options
+	lowers []string // the lower directories, topmost first
+	upper  string   // the upper directory
+	o      *Overlay
+}
+
+// newKernelFormatStack builds lowers (topmost first) in the kernel's layout
+// and opens an Overlay with FormatKernel over them and an empty upper.
+func newKernelFormatStack(tb harnessTB, lowers ...layerSpec) *kernelFormatStack {
+	tb.Helper()
+	base, err := os.MkdirTemp("", "ovlf-")
+	if err != nil {
+		tb.Fatalf("temp dir: %v", err)
+	}
+	tb.Cleanup(func() { _ = os.RemoveAll(base) })
+	s := &kernelFormatStack{base: base, upper: filepath.Join(base, "u")}
+	var ls []afero.Fs
+	for i, spec := range lowers {
+		dir := filepath.Join(base, fmt.Sprintf("l%d", i+1))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			tb.Fatalf("%v", err)
+		}
+		writeDiskLayer(tb, dir, spec, layoutKernel)
+		s.lowers = append(s.lowers, dir)
+		ls = append(ls, afero.NewBasePathFs(afero.NewOsFs(), dir))
+	}
+	if err := os.Mkdir(s.upper, 0o755); err != nil {
+		tb.Fatalf("%v", err)
+	}
+	s.o = s.open(tb, ls)
+	return s
+}
+
+// open opens the Overlay with FormatKernel over the stack's directories.
+func (s *kernelFormatStack) open(tb harnessTB, ls []afero.Fs) *Overlay {
+	tb.Helper()
+	if ls == nil {
+		for _, dir := range s.lowers {
+			ls = append(ls, afero.NewBasePathFs(afero.NewOsFs(), dir))
+		}
+	}
+	o, err := New(afero.NewBasePathFs(afero.NewOsFs(), s.upper), ls, WithFormat(FormatKernel))
+	if err != nil {
+		tb.Fatalf("New with FormatKernel: %v", err)
+	}
+	return o
+}
+
+// mount mounts the kernel overlay over the stack's lowers and upper with a
+// fresh work directory and the given extra options, and returns the view
+// and a function that unmounts it (also run when tb ends). The overlay's
+// own work directory is removed from the upper first: the kernel would
+// show it as an ordinary directory.
+func (s *kernelFormatStack) mount(tb harnessTB, extra string) (afero.Fs, func()) {
+	tb.Helper()
+	if err := os.Remove(filepath.Join(s.upper, workDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		tb.Fatalf("removing the work directory: %v", err)
+	}
+	work, err := os.MkdirTemp(s.base, "w")
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	mnt, err := os.MkdirTemp(s.base, "m")
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s%s", strings.Join(s.lowers, ":"), s.upper, work, extra)
+	if err := syscall.Mount("overlay", mnt, "overlay", 0, opts); err != nil {
+		tb.Fatalf("mount -t overlay overlay -o %s %s: %v", opts, mnt, err)
+	}
+	mounted := true
+	unmount := func() {
+		if mounted {
+			mounted = false
+			if err := syscall.Unmount(mnt, 0); err != nil {
+				_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+			}
+		}
+	}
+	tb.Cleanup(unmount)
+	return newOSDirFs(mnt), unmount
+}
+
+// TestKernelFormatNew checks which uppers FormatKernel accepts.
+func TestKernelFormatNew(t *testing.T) {
+	lower := afero.FromIOFS{FS: fstest.MapFS{"a": {Data: []byte("x")}}}
+	_, err := New(afero.NewMemMapFs(), []afero.Fs{lower}, WithFormat(FormatKernel))
+	if err == nil || !strings.Contains(err.Error(), "RealPath") {
+		t.Errorf("New(MemMapFs, FormatKernel) = %v, want an error naming RealPath", err)
+	}
+	if _, err := New(afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()), []afero.Fs{lower}, WithFormat(FormatKernel)); err != nil {
+		t.Errorf("New(BasePathFs, FormatKernel) = %v, want nil", err)
+	}
+	if _, err := New(nil, []afero.Fs{lower}, WithFormat(FormatKernel)); err != nil {
+		t.Errorf("New(nil, FormatKernel) = %v, want nil", err)
+	}
+}
+
+// isWhiteoutDev reports whether the host path p is a whiteout device.
+func isWhiteoutDev(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && isWhiteoutInfo(fi)
+}
+
+// opaqueOnDisk reports whether the host directory p has trusted.overlay.opaque=y.
+func opaqueOnDisk(p string) bool {
+	var buf [4]byte
+	n, err := unix.Lgetxattr(p, kernelOpaqueXattr, buf[:])
+	return err == nil && string(buf[:n]) == "y"
+}
+
+// TestKernelFormatMarkers checks the markers that operations leave in a
+// kernel-format upper on disk.
+func TestKernelFormatMarkers(t *testing.T) {
+	kernelOracle(t) // needs root, as the kernel's own markers do
+	lower := layerSpec{
+		"f":   specFile("f", 0o644),
+		"d":   specDir(0o755),
+		"d/x": specFile("x", 0o644),
+		"e":   specDir(0o755),
+		"e/y": specFile("y", 0o644),
+	}
+	s := newKernelFormatStack(t, lower)
+	u := func(p string) string { return filepath.Join(s.upper, p) }
+	if err := s.o.Remove("f"); err != nil {
+		t.Fatalf("Remove(f) = %v", err)
+	}
+	if !isWhiteoutDev(u("f")) {
+		t.Errorf("after Remove(f): upper f is not a whiteout device")
+	}
+	if _, err := os.Lstat(u(".wh.f")); err == nil {
+		t.Errorf("after Remove(f): an OCI whiteout .wh.f exists in a kernel-format upper")
+	}
+	if err := afero.WriteFile(s.o, "f", []byte("new"), 0o600); err != nil {
+		t.Fatalf("WriteFile(f) over a whiteout = %v", err)
+	}
+	if got, err := os.ReadFile(u("f")); err != nil || string(got) != "new" {
+		t.Errorf("upper f = %q, %v; want \"new\"", got, err)
+	}
+	if err := s.o.RemoveAll("d"); err != nil {
+		t.Fatalf("RemoveAll(d) = %v", err)
+	}
+	if err := s.o.Mkdir("d", 0o750); err != nil {
+		t.Fatalf("Mkdir(d) over a whiteout = %v", err)
+	}
+	if !opaqueOnDisk(u("d")) {
+		t.Errorf("Mkdir(d) over a deleted lower dir: upper d is not opaque")
+	}
+	if names, err := afero.ReadDir(s.o, "d"); err != nil || len(names) != 0 {
+		t.Errorf("ReadDir(d) = %v, %v; want empty", names, err)
+	}
+	if err := s.o.Rename("e", "e2"); err != nil {
+		t.Fatalf("Rename(e, e2) = %v", err)
+	}
+	if !isWhiteoutDev(u("e")) || !opaqueOnDisk(u("e2")) {
+		t.Errorf("Rename(e, e2): want a whiteout device at e and an opaque e2")
+	}
+	k, _ := s.mount(t, ",redirect_dir=on")
+	if err := checkSameTree(k, s.o); err != nil {
+		t.Errorf("the kernel mounted on the upper shows another tree:\n%v", err)
+	}
+}
+
+// TestKernelFormatCopyUpXattrs checks that a copy-up into a kernel-format
+// upper carries the lower file's xattrs, but never the overlay's own.
+func TestKernelFormatCopyUpXattrs(t *testing.T) {
+	kernelOracle(t)
+	s := newKernelFormatStack(t, layerSpec{"f": specFile("f", 0o644)})
+	lf := filepath.Join(s.lowers[0], "f")
+	if err := unix.Lsetxattr(lf, "user.note", []byte("kept"), 0); err != nil {
+		t.Skipf("the file system holds no user xattrs: %v", err)
+	}
+	if err := unix.Lsetxattr(lf, "trusted.overlay.origin", []byte("x"), 0); err != nil {
+		t.Fatalf("setxattr: %v", err)
+	}
+	if err := s.o.Chmod("f", 0o600); err != nil {
+		t.Fatalf("Chmod(f) = %v", err)
+	}
+	uf := filepath.Join(s.upper, "f")
+	buf := make([]byte, 16)
+	if n, err := unix.Lgetxattr(uf, "user.note", buf); err != nil || string(buf[:n]) != "kept" {
+		t.Errorf("upper f user.note = %q, %v; want \"kept\"", buf[:n], err)
+	}
+	if _, err := unix.Lgetxattr(uf, "trusted.overlay.origin", buf); !errors.Is(err, unix.ENODATA) {
+		t.Errorf("upper f trusted.overlay.origin: getxattr = %v, want ENODATA (never copied)", err)
+	}
+}
+
+// TestKernelFormatRandom runs random operations through an Overlay with
+// FormatKernel on directories, in lockstep with a kernel overlay of its
+// own, then mounts the kernel overlay (redirect_dir=on) on the Overlay's
+// lowers and upper with a fresh work directory: it must show the tree the
+// Overlay shows.
+func TestKernelFormatRandom(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
+	rapid.Check(t, func(rt *rapid.T) {
+		var s *kernelFormatStack
+		runRandom(rt, true, func(tb harnessTB, lowers ...layerSpec) *lockstep {
+			k, err := kernelMount(tb, lowers...)
+			if err != nil {
+				tb.Fatalf("mounting the kernel oracle: %v", err)
+			}
+			s = newKernelFormatStack(tb, lowers...)
+			return &lockstep{oracle: k, subject: s.o, oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: lowers}
+		})
+		k, _ := s.mount(rt, ",redirect_dir=on")
+		if err := errors.Join(checkSameTree(k, s.o), checkSameLookups(k, s.o)); err != nil {
+			rt.Fatalf("the kernel mounted on the overlay's upper shows another tree:\n%v", err)
+		}
+	})
+}
+
+// TestKernelFormatReadsKernelUpper applies random operations through a
+// kernel overlay mount, unmounts it, and opens the same directories with
+// an Overlay in FormatKernel: it must show what the kernel showed (the
+// kernel mounted again on the same upper). The kernel mount uses
+// redirect_dir=off: the Overlay does not follow redirects (it fails with
+// ErrRedirect on one), and without them the kernel refuses to rename a
+// merged directory with EXDEV.
+func TestKernelFormatReadsKernelUpper(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapid.Check(t, func(rt *rapid.T) {
+		l2 := drawLayer(rt, "L2", nil, true)
+		lowers := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
+		s := &kernelFormatStack{}
+		base, err := os.MkdirTemp("", "ovlr-")
+		if err != nil {
+			rt.Fatalf("%v", err)
+		}
+		rt.Cleanup(func() { _ = os.RemoveAll(base) })
+		s.base, s.upper = base, filepath.Join(base, "u")
+		for i, spec := range lowers {
+			dir := filepath.Join(base, fmt.Sprintf("l%d", i+1))
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				rt.Fatalf("%v", err)
+			}
+			writeDiskLayer(rt, dir, spec, layoutKernel)
+			s.lowers = append(s.lowers, dir)
+		}
+		if err := os.Mkdir(s.upper, 0o755); err != nil {
+			rt.Fatalf("%v", err)
+		}
+		k, unmount := s.mount(rt, ",redirect_dir=off")
+		var done []string
+		for i, n := 0, rapid.IntRange(0, 30).Draw(rt, "ops"); i < n; i++ {
+			op := drawOp(rt, fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind")))
+			if climbsOut(k, op) {
+				continue
+			}
+			res, err := applyOp(k, op, true)
+			if err != nil {
+				rt.Fatalf("kernel %v: %v", op, err)
+			}
+			done = append(done, fmt.Sprintf("%v: %v", op, res))
+		}
+		unmount()
+		o := s.open(rt, nil)
+		k, _ = s.mount(rt, ",redirect_dir=off")
+		err = errors.Join(checkSameTree(k, o), checkSameLookups(k, o))
+		if err != nil {
+			rt.Fatalf("the overlay shows another tree than the kernel did:\n%v\nlowers:\n%s\n%s\noperations:\n  %s",
+				err, lowers[0], lowers[1], strings.Join(done, "\n  "))
+		}
+	})
+}
+
+// TestConvertRoundTrip builds random OCI-format uppers through the Overlay
+// on disk, converts them to the kernel format, mounts the kernel on them
+// (it must show the tree the Overlay showed over the OCI form), then
+// converts them back: the upper must be what it was.
+func TestConvertRoundTrip(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapid.Check(t, func(rt *rapid.T) {
+		l2 := drawLayer(rt, "L2", nil, true)
+		lowers := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
+		s := newKernelFormatStack(rt, lowers...)
+		upperFs := afero.NewBasePathFs(afero.NewOsFs(), s.upper)
+		var ls []afero.Fs
+		for _, dir := range s.lowers {
+			ls = append(ls, afero.NewBasePathFs(afero.NewOsFs(), dir))
+		}
+		o, err := New(upperFs, ls) // the OCI format
+		if err != nil {
+			rt.Fatalf("New: %v", err)
+		}
+		for i, n := 0, rapid.IntRange(0, 30).Draw(rt, "ops"); i < n; i++ {
+			op := drawOp(rt, fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind")))
+			if _, err := applyOp(o, op, true); err != nil {
+				rt.Fatalf("%v: %v", op, err)
+			}
+		}
+		if err := os.Remove(filepath.Join(s.upper, workDir)); err != nil {
+			rt.Fatalf("%v", err)
+		}
+		snap := filepath.Join(s.base, "snap")
+		if out, err := exec.Command("cp", "-a", s.upper, snap).CombinedOutput(); err != nil {
+			rt.Fatalf("cp -a: %v: %s", err, out)
+		}
+		ociView, err := New(nil, append([]afero.Fs{afero.NewBasePathFs(afero.NewOsFs(), snap)}, ls...))
+		if err != nil {
+			rt.Fatalf("New over the OCI snapshot: %v", err)
+		}
+		if err := Convert(upperFs, FormatKernel); err != nil {
+			rt.Fatalf("Convert to kernel: %v", err)
+		}
+		k, unmount := s.mount(rt, ",redirect_dir=on")
+		if err := errors.Join(checkSameTree(k, ociView), checkSameLookups(k, ociView)); err != nil {
+			rt.Fatalf("the kernel over the converted upper shows another tree than the overlay over the OCI form:\n%v", err)
+		}
+		unmount()
+		if err := Convert(upperFs, FormatOCI); err != nil {
+			rt.Fatalf("Convert to OCI: %v", err)
+		}
+		if err := checkSameTree(newOSDirFs(snap), newOSDirFs(s.upper)); err != nil {
+			rt.Fatalf("OCI → kernel → OCI changed the upper:\n%v", err)
+		}
+	})
+}
+
+// checkSameLookups compares Lstat of every name of the operation pool on
+// both sides: a tree walk follows listings only, so a name hidden from a
+// listing but found by a lookup would escape it.
+func checkSameLookups(want, got afero.Fs) error {
+	var errs []error
+	for _, p := range poolPaths {
+		w, werr := applyOp(want, doLstat(p), true)
+		g, gerr := applyOp(got, doLstat(p), true)
+		if werr != nil || gerr != nil || w != g {
+			errs = append(errs, fmt.Errorf("Lstat(%q) = %v (%v), want %v (%v)", p, g, gerr, w, werr))
+		}
+	}
+	return errors.Join(errs...)
+}
