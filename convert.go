@@ -153,7 +153,7 @@ func (c converter) checkNoRedirect(dir string, list []os.DirEntry) error {
 			continue
 		}
 		p := join(dir, de.Name())
-		redirected, err := kl.hasRedirect(p)
+		_, redirected, err := kl.redirect(p)
 		if err == nil && redirected {
 			err = ErrRedirect
 		}

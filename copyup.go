@@ -156,7 +156,7 @@ func (o *Overlay) copyToWork(e entry, data bool) (string, error) {
 
 // copySymlink creates tmp in the upper as a symlink with e's target.
 func (o *Overlay) copySymlink(e entry, tmp string) error {
-	target, err := o.layers[e.layer].readlink(e.path)
+	target, err := o.layers[e.layer].readlink(e.src())
 	if err != nil {
 		return err
 	}
@@ -171,7 +171,7 @@ func (o *Overlay) copyContent(e entry, tmp string, data bool) error {
 		return err
 	}
 	if data {
-		err = copyFrom(dst, o.layers[e.layer], e.path)
+		err = copyFrom(dst, o.layers[e.layer], e.src())
 	}
 	if cerr := dst.Close(); err == nil {
 		err = cerr

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
+	"syscall"
 
 	"github.com/spf13/afero"
 )
@@ -150,7 +152,7 @@ func (o *Overlay) copyXattrs(e entry, tmp string) error {
 	if !up.noOCI || !low.kernel {
 		return nil
 	}
-	from, err := low.realName(e.path)
+	from, err := low.realName(e.src())
 	if err != nil {
 		return err
 	}
@@ -161,21 +163,80 @@ func (o *Overlay) copyXattrs(e entry, tmp string) error {
 	return copyHostXattrs(from, to, e.isSymlink())
 }
 
-// ErrRedirect is the error for a directory that the kernel renamed with a
-// redirect xattr (redirect_dir=on): the overlay does not follow redirects,
-// and the OCI format cannot express them.
-var ErrRedirect = errors.New("overlay: redirected directory (redirect xattr) not supported")
+// ErrRedirect is the error for a redirected directory (one the kernel, or
+// an overlay in FormatKernel, renamed with a redirect xattr) where it cannot
+// be honoured: the OCI format cannot express one, and a redirect in a lower
+// layer is not followed.
+var ErrRedirect = errors.New("overlay: redirected directory (redirect xattr) not supported here")
 
-// checkRedirect fails with ErrRedirect if the directory dir of a
-// kernel-format upper carries a redirect xattr, rather than show a merged
-// view without the lower content the redirect names.
-func (l layer) checkRedirect(dir string) error {
-	if !l.noOCI {
+// redirectedTo returns the name at which the lowers hold the directory dir
+// of the kernel-format upper: the target of its redirect xattr, if it has
+// one, or lp, the name its parent implies. An absolute redirect is a name
+// from the root; a relative one replaces the last component of lp, as the
+// kernel reads them.
+//
+// lowers says whether the parent's merge includes the lowers; the result
+// says whether dir's does. An absolute redirect is looked up in the lowers
+// from their root even below a directory only the upper holds, as the
+// kernel does.
+func (o *Overlay) redirectedTo(dir, lp string, lowers bool) (string, bool, error) {
+	target, ok, err := o.layers[0].redirect(dir)
+	switch {
+	case err != nil || !ok:
+		return lp, lowers, err
+	case strings.HasPrefix(target, "/"):
+		lp, err = cleanRedirect(target[1:])
+		return lp, err == nil && o.hasLowers(), err
+	case strings.Contains(target, "/"):
+		return "", false, &fs.PathError{Op: "getxattr", Path: dir, Err: syscall.EINVAL}
+	case !lowers:
+		return lp, false, nil
+	}
+	lp, err = cleanRedirect(join(parentOf(lp), target))
+	return lp, err == nil, err
+}
+
+// hasLowers reports whether the overlay's root merges any lower.
+func (o *Overlay) hasLowers() bool {
+	return o.rootDirs[len(o.rootDirs)-1] != 0
+}
+
+// cleanRedirect returns the redirect target t in the overlay's name form,
+// refusing targets that are not clean names.
+func cleanRedirect(t string) (string, error) {
+	c, err := cleanName(t)
+	if err != nil || c != t && !(c == "." && t == "") {
+		return "", &fs.PathError{Op: "getxattr", Path: t, Err: syscall.EINVAL}
+	}
+	return c, nil
+}
+
+// checkLowerRedirect fails with ErrRedirect if the directory dir of the
+// lower l carries a redirect xattr: redirects in lowers are not followed.
+func (l layer) checkLowerRedirect(dir string) error {
+	if !l.kernel {
 		return nil
 	}
-	redirected, err := l.hasRedirect(dir)
+	_, redirected, err := l.redirect(dir)
 	if err == nil && redirected {
-		err = ErrRedirect
+		err = &fs.PathError{Op: "lookup", Path: dir, Err: ErrRedirect}
 	}
 	return err
+}
+
+// moveRedirect renames a directory that lower layers contribute to, in a
+// kernel-format upper, as the kernel does with redirect_dir=on: the
+// directory alone is copied up, gets a redirect xattr naming where the
+// lowers hold it (always the absolute form), and is renamed, leaving a
+// whiteout at the old name if the lowers show one there. Nothing under it
+// is copied. The caller holds o.mu for writing.
+func (o *Overlay) moveRedirect(src, dst resolved, to string, lowerOld bool) error {
+	if err := o.ensureUpperDir(src.path); err != nil {
+		return err
+	}
+	up := o.layers[0]
+	if err := up.setRedirect(src.path, "/"+src.lowerPath()); err != nil {
+		return err
+	}
+	return o.moveUpper(src.path, to, lowerOld)
 }

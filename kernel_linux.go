@@ -173,19 +173,33 @@ func getXattr(p, name string) ([]byte, error) {
 	}
 }
 
-// hasRedirect reports whether the directory dir of the kernel-format layer
-// l carries a redirect xattr.
-func (l layer) hasRedirect(dir string) (bool, error) {
+// redirect returns the redirect xattr of the directory dir of the
+// kernel-format layer l, and whether it has one.
+func (l layer) redirect(dir string) (string, bool, error) {
 	p, err := l.realName(dir)
 	if err != nil {
-		return false, err
+		return "", false, err
 	}
-	_, err = unix.Lgetxattr(p, l.xattrNS+"redirect", nil)
+	var buf [4096]byte
+	n, err := unix.Lgetxattr(p, l.xattrNS+"redirect", buf[:])
 	switch {
 	case err == nil:
-		return true, nil
+		return string(buf[:n]), true, nil
 	case errors.Is(err, unix.ENODATA), errors.Is(err, unix.ENOTSUP):
-		return false, nil
+		return "", false, nil
 	}
-	return false, &fs.PathError{Op: "getxattr", Path: dir, Err: err}
+	return "", false, &fs.PathError{Op: "getxattr", Path: dir, Err: err}
+}
+
+// setRedirect sets the redirect xattr of the directory dir of the
+// kernel-format layer l to target.
+func (l layer) setRedirect(dir, target string) error {
+	p, err := l.realName(dir)
+	if err != nil {
+		return err
+	}
+	if err := unix.Lsetxattr(p, l.xattrNS+"redirect", []byte(target), 0); err != nil {
+		return &fs.PathError{Op: "setxattr", Path: dir, Err: err}
+	}
+	return nil
 }

@@ -19,4 +19,5 @@ func (layer) mknodWhiteout(string) error          { return syscall.ENOTSUP }
 func (layer) renameWhiteout(string, string) error { return syscall.ENOTSUP }
 func copyHostXattrs(string, string, bool) error   { return syscall.ENOTSUP }
 
-func (layer) hasRedirect(string) (bool, error) { return false, nil }
+func (layer) redirect(string) (string, bool, error) { return "", false, nil }
+func (layer) setRedirect(string, string) error      { return syscall.ENOTSUP }

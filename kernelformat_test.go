@@ -175,8 +175,18 @@ func TestKernelFormatMarkers(t *testing.T) {
 	if err := s.o.Rename("e", "e2"); err != nil {
 		t.Fatalf("Rename(e, e2) = %v", err)
 	}
-	if !isWhiteoutDev(u("e")) || !opaqueOnDisk(u("e2")) {
-		t.Errorf("Rename(e, e2): want a whiteout device at e and an opaque e2")
+	if !isWhiteoutDev(u("e")) || opaqueOnDisk(u("e2")) {
+		t.Errorf("Rename(e, e2): want a whiteout device at e and a non-opaque e2")
+	}
+	buf := make([]byte, 64)
+	if n, err := unix.Lgetxattr(u("e2"), "trusted.overlay.redirect", buf); err != nil || string(buf[:n]) != "/e" {
+		t.Errorf("Rename(e, e2): upper e2 redirect = %q, %v; want \"/e\"", buf[:n], err)
+	}
+	if _, err := os.Lstat(u("e2/y")); err == nil {
+		t.Errorf("Rename(e, e2): the lower file e/y was copied up; a redirect needs no copy")
+	}
+	if got, err := afero.ReadFile(s.o, "e2/y"); err != nil || string(got) != "y" {
+		t.Errorf("ReadFile(e2/y) = %q, %v; want \"y\"", got, err)
 	}
 	k, _ := s.mount(t, ",redirect_dir=on")
 	if err := checkSameTree(k, s.o); err != nil {
@@ -216,18 +226,29 @@ func TestKernelFormatCopyUpXattrs(t *testing.T) {
 // Overlay shows.
 func TestKernelFormatRandom(t *testing.T) {
 	kernelOracle(t)
-	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "300")
 	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
 	rapid.Check(t, func(rt *rapid.T) {
-		var s *kernelFormatStack
-		runRandom(rt, true, func(tb harnessTB, lowers ...layerSpec) *lockstep {
-			k, err := kernelMount(tb, lowers...)
-			if err != nil {
-				tb.Fatalf("mounting the kernel oracle: %v", err)
+		l2 := drawLayer(rt, "L2", nil, true)
+		lowers := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
+		oracle, err := kernelMount(rt, lowers...)
+		if err != nil {
+			rt.Fatalf("mounting the kernel oracle: %v", err)
+		}
+		s := newKernelFormatStack(rt, lowers...)
+		ls := &lockstep{oracle: oracle, subject: s.o, oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: lowers}
+		for i, n := 0, rapid.IntRange(0, 40).Draw(rt, "ops"); i < n; i++ {
+			op := drawWeightedOp(rt)
+			if climbsOut(ls.oracle, op) {
+				continue
 			}
-			s = newKernelFormatStack(tb, lowers...)
-			return &lockstep{oracle: k, subject: s.o, oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: lowers}
-		})
+			if _, _, p := ls.apply(op); p != "" {
+				rt.Fatal(ls.report(p))
+			}
+			if p := ls.checkTree(); p != "" {
+				rt.Fatal(ls.report(p))
+			}
+		}
 		k, _ := s.mount(rt, ",redirect_dir=on")
 		if err := errors.Join(checkSameTree(k, s.o), checkSameLookups(k, s.o)); err != nil {
 			rt.Fatalf("the kernel mounted on the overlay's upper shows another tree:\n%v", err)
@@ -239,12 +260,10 @@ func TestKernelFormatRandom(t *testing.T) {
 // kernel overlay mount, unmounts it, and opens the same directories with
 // an Overlay in FormatKernel: it must show what the kernel showed (the
 // kernel mounted again on the same upper). The kernel mount uses
-// redirect_dir=off: the Overlay does not follow redirects (it fails with
-// ErrRedirect on one), and without them the kernel refuses to rename a
-// merged directory with EXDEV.
+// redirect_dir=on, so renamed merged directories carry redirects.
 func TestKernelFormatReadsKernelUpper(t *testing.T) {
 	kernelOracle(t)
-	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "300")
 	rapid.Check(t, func(rt *rapid.T) {
 		l2 := drawLayer(rt, "L2", nil, true)
 		lowers := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
@@ -266,10 +285,10 @@ func TestKernelFormatReadsKernelUpper(t *testing.T) {
 		if err := os.Mkdir(s.upper, 0o755); err != nil {
 			rt.Fatalf("%v", err)
 		}
-		k, unmount := s.mount(rt, ",redirect_dir=off")
+		k, unmount := s.mount(rt, ",redirect_dir=on")
 		var done []string
 		for i, n := 0, rapid.IntRange(0, 30).Draw(rt, "ops"); i < n; i++ {
-			op := drawOp(rt, fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind")))
+			op := drawWeightedOp(rt)
 			if climbsOut(k, op) {
 				continue
 			}
@@ -281,7 +300,7 @@ func TestKernelFormatReadsKernelUpper(t *testing.T) {
 		}
 		unmount()
 		o := s.open(rt, nil)
-		k, _ = s.mount(rt, ",redirect_dir=off")
+		k, _ = s.mount(rt, ",redirect_dir=on")
 		err = errors.Join(checkSameTree(k, o), checkSameLookups(k, o))
 		if err != nil {
 			rt.Fatalf("the overlay shows another tree than the kernel did:\n%v\nlowers:\n%s\n%s\noperations:\n  %s",
@@ -296,7 +315,7 @@ func TestKernelFormatReadsKernelUpper(t *testing.T) {
 // converts them back: the upper must be what it was.
 func TestConvertRoundTrip(t *testing.T) {
 	kernelOracle(t)
-	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "300")
 	rapid.Check(t, func(rt *rapid.T) {
 		l2 := drawLayer(rt, "L2", nil, true)
 		lowers := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
@@ -311,7 +330,7 @@ func TestConvertRoundTrip(t *testing.T) {
 			rt.Fatalf("New: %v", err)
 		}
 		for i, n := 0, rapid.IntRange(0, 30).Draw(rt, "ops"); i < n; i++ {
-			op := drawOp(rt, fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind")))
+			op := drawWeightedOp(rt)
 			if _, err := applyOp(o, op, true); err != nil {
 				rt.Fatalf("%v: %v", op, err)
 			}
@@ -357,4 +376,14 @@ func checkSameLookups(want, got afero.Fs) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// drawWeightedOp draws an operation of any kind, renames (which make
+// redirects) and directory creations being more frequent.
+func drawWeightedOp(rt *rapid.T) fsOp {
+	kinds := []fsOpKind{fopRename, fopRename, fopRename, fopRename, fopMkdir, fopMkdir}
+	for k := fsOpKind(0); k < fopCount; k++ {
+		kinds = append(kinds, k)
+	}
+	return drawOp(rt, rapid.SampledFrom(kinds).Draw(rt, "kind"))
 }

@@ -15,6 +15,11 @@ type entry struct {
 	info  fs.FileInfo // that copy, as Lstat describes it
 	dirs  []int       // for a directory: the layers whose copies merge, top-down
 
+	// lpath is the name at which the lowers are looked up for this entry
+	// when a redirected directory (kernel format) is at or above it, and ""
+	// when that is path itself.
+	lpath string
+
 	// whiteout is set on the entry of a name found absent because the upper
 	// whites it out, so that creating the name drops that whiteout. Without
 	// a lower copy there is never a whiteout to drop.
@@ -26,6 +31,31 @@ func (e entry) isDir() bool { return e.info.IsDir() }
 
 // isSymlink reports whether the entry is a symbolic link.
 func (e entry) isSymlink() bool { return e.info.Mode()&fs.ModeSymlink != 0 }
+
+// lowerPath returns the name at which the lowers hold the entry.
+func (e entry) lowerPath() string {
+	if e.lpath != "" {
+		return e.lpath
+	}
+	return e.path
+}
+
+// src returns the entry's name in the layer that holds its topmost copy.
+func (e entry) src() string {
+	if e.layer != 0 {
+		return e.lowerPath()
+	}
+	return e.path
+}
+
+// lowerChildPath returns the name at which the lowers hold p, a child of
+// the directory e.
+func (e entry) lowerChildPath(p string) string {
+	if e.lpath == "" {
+		return p
+	}
+	return join(e.lpath, baseOf(p))
+}
 
 // inUpper reports whether the topmost copy is in the upper layer.
 func (e entry) inUpper() bool { return e.layer == 0 }
@@ -133,7 +163,7 @@ func (o *Overlay) enter(parent entry, c, p string) (entry, bool, error) {
 // linkTarget returns the target of the symlink e; an empty one names
 // nothing, as on Linux.
 func (o *Overlay) linkTarget(e entry) (string, error) {
-	target, err := o.layers[e.layer].readlink(e.path)
+	target, err := o.layers[e.layer].readlink(e.src())
 	if err == nil && target == "" {
 		err = syscall.ENOENT
 	}
@@ -218,8 +248,9 @@ func (o *Overlay) findRootDirs() ([]int, error) {
 // is asked directly; what the lowers show comes from the lower index.
 func (o *Overlay) mergedChild(parent entry, p string) (entry, bool, error) {
 	lowers := len(parent.dirs) > 0 && parent.dirs[len(parent.dirs)-1] != 0
+	lp := parent.lowerChildPath(p)
 	if parent.dirs[0] != 0 {
-		return o.lowerChild(p)
+		return o.lowerChild(p, lp)
 	}
 	up := o.layers[0]
 	info, err := up.lstat(p)
@@ -231,11 +262,11 @@ func (o *Overlay) mergedChild(parent entry, p string) (entry, bool, error) {
 	case err == nil && !info.IsDir():
 		return entry{path: p, layer: 0, info: info}, true, nil
 	case err == nil:
-		return o.upperDir(p, info, lowers)
+		return o.upperDir(p, lp, info, lowers)
 	case !lowers:
 		return entry{}, false, nil
 	}
-	e, found, err := o.lowerChild(p)
+	e, found, err := o.lowerChild(p, lp)
 	if err != nil || !found {
 		return entry{}, false, err
 	}
@@ -248,18 +279,25 @@ func (o *Overlay) mergedChild(parent entry, p string) (entry, bool, error) {
 // upperDir returns the merged entry of the upper directory p: the upper
 // copy, merged with the lowers' copies unless it is opaque or the lowers
 // show no directory there.
-func (o *Overlay) upperDir(p string, info fs.FileInfo, lowers bool) (entry, bool, error) {
+func (o *Overlay) upperDir(p, lp string, info fs.FileInfo, lowers bool) (entry, bool, error) {
 	e := entry{path: p, layer: 0, info: info, dirs: []int{0}}
-	if !lowers {
+	up := o.layers[0]
+	if !lowers && !up.noOCI {
 		return e, true, nil
 	}
-	if opaque, err := o.layers[0].isOpaque(p); err != nil || opaque {
+	if opaque, err := up.isOpaque(p); err != nil || opaque {
 		return e, true, err
 	}
-	if err := o.layers[0].checkRedirect(p); err != nil {
-		return entry{}, false, err
+	if up.noOCI {
+		var err error
+		if lp, lowers, err = o.redirectedTo(p, lp, lowers); err != nil || !lowers {
+			return e, err == nil, err
+		}
 	}
-	le, err := o.lowerOnly(p)
+	if lp != p {
+		e.lpath = lp
+	}
+	le, err := o.lowerOnly(lp)
 	if err != nil {
 		return entry{}, false, err
 	}
@@ -269,9 +307,13 @@ func (o *Overlay) upperDir(p string, info fs.FileInfo, lowers bool) (entry, bool
 	return e, true, nil
 }
 
-// lowerChild returns what the lowers alone show at p.
-func (o *Overlay) lowerChild(p string) (entry, bool, error) {
-	le, err := o.lowerOnly(p)
+// lowerChild returns what the lowers alone show at p, which they hold at
+// lp (p itself unless a redirect is at or above p).
+func (o *Overlay) lowerChild(p, lp string) (entry, bool, error) {
+	le, err := o.lowerOnly(lp)
+	if lp != p && le.found {
+		le.path, le.lpath = p, lp
+	}
 	return le.entry, le.found, err
 }
 
@@ -308,6 +350,9 @@ func (o *Overlay) child(parent entry, base string, layers []int) (entry, bool, e
 				return top, true, nil
 			}
 		}
+		if err := l.checkLowerRedirect(p); err != nil {
+			return entry{}, false, err
+		}
 		top.dirs = append(top.dirs, i)
 		if n == len(layers)-1 {
 			break
@@ -325,7 +370,7 @@ func (o *Overlay) inLowers(parent entry, base string) (bool, error) {
 	if len(parent.dirs) == 0 || parent.dirs[len(parent.dirs)-1] == 0 {
 		return false, nil
 	}
-	le, err := o.lowerOnly(join(parent.path, base))
+	le, err := o.lowerOnly(parent.lowerChildPath(join(parent.path, base)))
 	return le.found, err
 }
 

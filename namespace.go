@@ -161,7 +161,7 @@ func (o *Overlay) readlink(name string) (string, error) {
 	case !e.isSymlink():
 		return "", syscall.EINVAL
 	}
-	return o.layers[e.layer].readlink(e.path)
+	return o.layers[e.layer].readlink(e.src())
 }
 
 // setAttr runs set on the upper copy of name, copying name up first. It is

@@ -91,7 +91,7 @@ func (o *Overlay) openReader(name string, e entry, flag int) (afero.File, error)
 	if !e.inUpper() {
 		n = o.handles.acquire(e.path)
 	}
-	lf, err := o.layers[e.layer].open(e.path, os.O_RDONLY, 0)
+	lf, err := o.layers[e.layer].open(e.src(), os.O_RDONLY, 0)
 	if err != nil {
 		if n != nil {
 			o.handles.release(n)
