@@ -71,6 +71,10 @@ func (l layer) whiteoutDevAt(name string) (bool, error) {
 	return false, err
 }
 
+// markerMode is the mode of the OCI markers a kernel-format listing shows,
+// that of the markers an OCI upper holds.
+const markerMode fs.FileMode = 0o644
+
 // kernelMarkers rewrites the listing of the directory dir of the
 // kernel-format layer l into the OCI form every listing consumer reads: a
 // whiteout device NAME becomes ".wh.NAME", and an opaque directory gets an
@@ -78,7 +82,7 @@ func (l layer) whiteoutDevAt(name string) (bool, error) {
 func (l layer) kernelMarkers(dir string, list []fs.FileInfo) ([]fs.FileInfo, error) {
 	for i, fi := range list {
 		if isWhiteoutInfo(fi) {
-			list[i] = frozenInfo{name: whiteoutPrefix + fi.Name(), modTime: fi.ModTime(), sys: fi.Sys()}
+			list[i] = frozenInfo{name: whiteoutPrefix + fi.Name(), mode: markerMode, modTime: fi.ModTime(), sys: fi.Sys()}
 		}
 	}
 	opaque, err := l.opaqueXattr(dir)
@@ -86,7 +90,7 @@ func (l layer) kernelMarkers(dir string, list []fs.FileInfo) ([]fs.FileInfo, err
 		return nil, err
 	}
 	if opaque {
-		list = append(list, frozenInfo{name: opaqueMarker})
+		list = append(list, frozenInfo{name: opaqueMarker, mode: markerMode})
 	}
 	return list, nil
 }

@@ -1,8 +1,11 @@
 package overlay
 
 import (
+	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -386,4 +389,54 @@ func drawWeightedOp(rt *rapid.T) fsOp {
 		kinds = append(kinds, k)
 	}
 	return drawOp(rt, rapid.SampledFrom(kinds).Draw(rt, "kind"))
+}
+
+// TestKernelFormatChangesAndExport checks that Changes and ExportLayer read
+// a kernel-format upper's markers: they must report what they report for
+// the same operations on an OCI-format upper.
+func TestKernelFormatChangesAndExport(t *testing.T) {
+	kernelOracle(t)
+	lower := layerSpec{"f": specFile("f", 0o644), "d": specDir(0o755), "d/x": specFile("x", 0o644), "g": specFile("g", 0o644)}
+	ops := func(o *Overlay) {
+		t.Helper()
+		for _, err := range []error{o.Remove("f"), o.RemoveAll("d"), o.Mkdir("d", 0o755), o.Chmod("g", 0o600)} {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	entries := func(o *Overlay) string {
+		t.Helper()
+		var buf bytes.Buffer
+		if err := ExportLayer(&buf, o); err != nil {
+			t.Fatalf("ExportLayer: %v", err)
+		}
+		var names []string
+		tr := tar.NewReader(&buf)
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, fmt.Sprintf("%s %c %o", h.Name, h.Typeflag, h.Mode))
+		}
+		ch, err := o.Changes()
+		if err != nil {
+			t.Fatalf("Changes: %v", err)
+		}
+		return fmt.Sprint(names, ch)
+	}
+	k := newKernelFormatStack(t, lower)
+	ops(k.o)
+	oci, err := New(afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()), []afero.Fs{afero.NewBasePathFs(afero.NewOsFs(), k.lowers[0])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops(oci)
+	if got, want := entries(k.o), entries(oci); got != want {
+		t.Errorf("kernel format: %s\nwant (OCI format): %s", got, want)
+	}
 }

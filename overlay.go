@@ -27,6 +27,16 @@
 // layers) are honoured too. Every name beginning ".wh." is reserved: it never
 // appears in the merged view, and creating one fails with EINVAL.
 //
+// WithFormat(FormatKernel) keeps the upper in the kernel's own format
+// instead, so that the kernel can mount the same directories: a whiteout is
+// a character device 0:0 under the name itself, an opaque directory has the
+// xattr trusted.overlay.opaque="y" (user.overlay.opaque WithUserXattr), and
+// a merged directory is renamed by giving it a trusted.overlay.redirect
+// xattr, as with redirect_dir=on. It needs an upper that is a directory on
+// the host (an afero.Fs with RealPath). Lowers that are directories on the
+// host are read in both formats, so a stack may mix them; [Convert]
+// rewrites a layer from one format to the other.
+//
 // # Copy-up
 //
 // A file is copied into the upper layer the first time it is opened for
