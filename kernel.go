@@ -182,12 +182,15 @@ var ErrRedirect = errors.New("overlay: redirected directory (redirect xattr) not
 // lowers says whether the parent's merge includes the lowers; the result
 // says whether dir's does. An absolute redirect is looked up in the lowers
 // from their root even below a directory only the upper holds, as the
-// kernel does.
+// kernel does. With WithUserXattr, as with the kernel's userxattr option,
+// redirects are not supported: one is refused with ErrRedirect.
 func (o *Overlay) redirectedTo(dir, lp string, lowers bool) (string, bool, error) {
 	target, ok, err := o.layers[0].redirect(dir)
 	switch {
 	case err != nil || !ok:
 		return lp, lowers, err
+	case o.cfg.userXattr:
+		return "", false, &fs.PathError{Op: "lookup", Path: dir, Err: ErrRedirect}
 	case strings.HasPrefix(target, "/"):
 		lp, err = cleanRedirect(target[1:])
 		return lp, err == nil && o.hasLowers(), err

@@ -334,6 +334,9 @@ func TestConvertRoundTrip(t *testing.T) {
 		}
 		for i, n := 0, rapid.IntRange(0, 30).Draw(rt, "ops"); i < n; i++ {
 			op := drawWeightedOp(rt)
+			if climbsOut(o, op) {
+				continue
+			}
 			if _, err := applyOp(o, op, true); err != nil {
 				rt.Fatalf("%v: %v", op, err)
 			}
@@ -438,5 +441,85 @@ func TestKernelFormatChangesAndExport(t *testing.T) {
 	ops(oci)
 	if got, want := entries(k.o), entries(oci); got != want {
 		t.Errorf("kernel format: %s\nwant (OCI format): %s", got, want)
+	}
+}
+
+// TestKernelFormatMixedLowers runs random operations on an Overlay with
+// FormatKernel whose topmost lower is in the OCI layout and the other in
+// the kernel's, in lockstep with a kernel overlay over both in the
+// kernel's layout: each lower is read in the format it holds.
+func TestKernelFormatMixedLowers(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapid.Check(t, func(rt *rapid.T) {
+		l2 := drawLayer(rt, "L2", nil, true)
+		lowers := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
+		oracle, err := kernelMount(rt, lowers...)
+		if err != nil {
+			rt.Fatalf("mounting the kernel oracle: %v", err)
+		}
+		var ls []afero.Fs
+		for i, spec := range lowers {
+			dir := harnessTempDir(rt)
+			layout := layoutKernel
+			if i == 0 {
+				layout = layoutOCI
+			}
+			writeDiskLayer(rt, dir, spec, layout)
+			ls = append(ls, afero.NewBasePathFs(afero.NewOsFs(), dir))
+		}
+		o, err := New(afero.NewBasePathFs(afero.NewOsFs(), harnessTempDir(rt)), ls, WithFormat(FormatKernel))
+		if err != nil {
+			rt.Fatalf("New: %v", err)
+		}
+		l := &lockstep{oracle: oracle, subject: o, oracleName: "kernel", subjectName: "overlay (mixed lowers)", lowers: lowers}
+		if p := l.checkTree(); p != "" {
+			rt.Fatal(l.report(p))
+		}
+		for i, n := 0, rapid.IntRange(0, 20).Draw(rt, "ops"); i < n; i++ {
+			op := drawWeightedOp(rt)
+			if climbsOut(l.oracle, op) {
+				continue
+			}
+			if _, _, p := l.apply(op); p != "" {
+				rt.Fatal(l.report(p))
+			}
+			if p := l.checkTree(); p != "" {
+				rt.Fatal(l.report(p))
+			}
+		}
+	})
+}
+
+// TestKernelFormatUserXattr checks WithUserXattr: the markers are
+// user.overlay.* xattrs, a merged directory is renamed by copying it up
+// (the kernel refuses redirect_dir=on with userxattr), and the kernel
+// mounted with userxattr on the same directories shows the Overlay's tree.
+func TestKernelFormatUserXattr(t *testing.T) {
+	kernelOracle(t)
+	s := newKernelFormatStack(t, layerSpec{"d": specDir(0o755), "d/x": specFile("x", 0o644), "e": specDir(0o755), "e/y": specFile("y", 0o644)})
+	o, err := New(afero.NewBasePathFs(afero.NewOsFs(), s.upper), []afero.Fs{afero.NewBasePathFs(afero.NewOsFs(), s.lowers[0])},
+		WithFormat(FormatKernel), WithUserXattr())
+	if err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	for _, err := range []error{o.RemoveAll("d"), o.Mkdir("d", 0o755), o.Rename("e", "e2")} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 16)
+	if n, err := unix.Lgetxattr(filepath.Join(s.upper, "d"), "user.overlay.opaque", buf); err != nil || string(buf[:n]) != "y" {
+		t.Errorf("upper d user.overlay.opaque = %q, %v; want \"y\"", buf[:n], err)
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(s.upper, "e2"), "user.overlay.opaque", buf); err != nil || string(buf[:n]) != "y" {
+		t.Errorf("upper e2 user.overlay.opaque = %q, %v; want \"y\" (userxattr has no redirects: copied up, opaque)", buf[:n], err)
+	}
+	if opaqueOnDisk(filepath.Join(s.upper, "d")) {
+		t.Errorf("upper d has trusted.overlay.opaque with WithUserXattr")
+	}
+	k, _ := s.mount(t, ",userxattr")
+	if err := errors.Join(checkSameTree(k, o), checkSameLookups(k, o)); err != nil {
+		t.Errorf("the kernel (userxattr) shows another tree:\n%v", err)
 	}
 }

@@ -93,7 +93,7 @@ func (o *Overlay) move(src, dst resolved) error {
 		}
 	}
 	switch {
-	case src.isDir() && !upperOnly(src.entry) && o.layers[0].noOCI:
+	case src.isDir() && !upperOnly(src.entry) && o.layers[0].noOCI && !o.cfg.userXattr:
 		err = o.moveRedirect(src, dst, to, lowerOld)
 	case src.isDir() && !upperOnly(src.entry):
 		err = o.moveMerged(src, dst, to, lowerOld)
