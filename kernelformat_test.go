@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -521,5 +522,36 @@ func TestKernelFormatUserXattr(t *testing.T) {
 	k, _ := s.mount(t, ",userxattr")
 	if err := errors.Join(checkSameTree(k, o), checkSameLookups(k, o)); err != nil {
 		t.Errorf("the kernel (userxattr) shows another tree:\n%v", err)
+	}
+}
+
+// TestKernelFormatNeedsCapSysAdmin checks that New with FormatKernel fails
+// clearly without CAP_SYS_ADMIN, where reading trusted.* xattrs would
+// silently find nothing. The capability is dropped from one locked thread,
+// which ends with the goroutine.
+func TestKernelFormatNeedsCapSysAdmin(t *testing.T) {
+	kernelOracle(t)
+	dir := t.TempDir()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			errc <- fmt.Errorf("capget: %w", err)
+			return
+		}
+		data[unix.CAP_SYS_ADMIN/32].Effective &^= 1 << (unix.CAP_SYS_ADMIN % 32)
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			errc <- fmt.Errorf("capset: %w", err)
+			return
+		}
+		_, err := New(afero.NewBasePathFs(afero.NewOsFs(), dir), []afero.Fs{afero.NewMemMapFs()}, WithFormat(FormatKernel))
+		errc <- err
+	}()
+	err := <-errc
+	t.Logf("New: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
+		t.Errorf("New(FormatKernel) without CAP_SYS_ADMIN = %v, want an error naming CAP_SYS_ADMIN", err)
 	}
 }
