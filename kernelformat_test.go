@@ -35,13 +35,21 @@ type kernelFormatStack struct {
 // and opens an Overlay with FormatKernel over them and an empty upper.
 func newKernelFormatStack(tb harnessTB, lowers ...layerSpec) *kernelFormatStack {
 	tb.Helper()
-	base, err := os.MkdirTemp("", "ovlf-")
+	s := buildKernelFormatDirs(tb, "ovlf-", lowers)
+	s.o = s.open(tb, nil)
+	return s
+}
+
+// buildKernelFormatDirs writes lowers (topmost first) in the kernel's layout
+// and an empty upper into a fresh short directory named with prefix.
+func buildKernelFormatDirs(tb harnessTB, prefix string, lowers []layerSpec) *kernelFormatStack {
+	tb.Helper()
+	base, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		tb.Fatalf("temp dir: %v", err)
 	}
 	tb.Cleanup(func() { _ = os.RemoveAll(base) })
 	s := &kernelFormatStack{base: base, upper: filepath.Join(base, "u")}
-	var ls []afero.Fs
 	for i, spec := range lowers {
 		dir := filepath.Join(base, fmt.Sprintf("l%d", i+1))
 		if err := os.Mkdir(dir, 0o755); err != nil {
@@ -49,12 +57,10 @@ func newKernelFormatStack(tb harnessTB, lowers ...layerSpec) *kernelFormatStack 
 		}
 		writeDiskLayer(tb, dir, spec, layoutKernel)
 		s.lowers = append(s.lowers, dir)
-		ls = append(ls, afero.NewBasePathFs(afero.NewOsFs(), dir))
 	}
 	if err := os.Mkdir(s.upper, 0o755); err != nil {
 		tb.Fatalf("%v", err)
 	}
-	s.o = s.open(tb, ls)
 	return s
 }
 
@@ -241,18 +247,7 @@ func TestKernelFormatRandom(t *testing.T) {
 		}
 		s := newKernelFormatStack(rt, lowers...)
 		ls := &lockstep{oracle: oracle, subject: s.o, oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: lowers}
-		for i, n := 0, rapid.IntRange(0, 40).Draw(rt, "ops"); i < n; i++ {
-			op := drawWeightedOp(rt)
-			if climbsOut(ls.oracle, op) {
-				continue
-			}
-			if _, _, p := ls.apply(op); p != "" {
-				rt.Fatal(ls.report(p))
-			}
-			if p := ls.checkTree(); p != "" {
-				rt.Fatal(ls.report(p))
-			}
-		}
+		ls.randomOps(rt, 40)
 		k, _ := s.mount(rt, ",redirect_dir=on")
 		if err := errors.Join(checkSameTree(k, s.o), checkSameLookups(k, s.o)); err != nil {
 			rt.Fatalf("the kernel mounted on the overlay's upper shows another tree:\n%v", err)
@@ -271,24 +266,7 @@ func TestKernelFormatReadsKernelUpper(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
 		l2 := drawLayer(rt, "L2", nil, true)
 		lowers := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
-		s := &kernelFormatStack{}
-		base, err := os.MkdirTemp("", "ovlr-")
-		if err != nil {
-			rt.Fatalf("%v", err)
-		}
-		rt.Cleanup(func() { _ = os.RemoveAll(base) })
-		s.base, s.upper = base, filepath.Join(base, "u")
-		for i, spec := range lowers {
-			dir := filepath.Join(base, fmt.Sprintf("l%d", i+1))
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				rt.Fatalf("%v", err)
-			}
-			writeDiskLayer(rt, dir, spec, layoutKernel)
-			s.lowers = append(s.lowers, dir)
-		}
-		if err := os.Mkdir(s.upper, 0o755); err != nil {
-			rt.Fatalf("%v", err)
-		}
+		s := buildKernelFormatDirs(rt, "ovlr-", lowers)
 		k, unmount := s.mount(rt, ",redirect_dir=on")
 		var done []string
 		for i, n := 0, rapid.IntRange(0, 30).Draw(rt, "ops"); i < n; i++ {
@@ -305,7 +283,7 @@ func TestKernelFormatReadsKernelUpper(t *testing.T) {
 		unmount()
 		o := s.open(rt, nil)
 		k, _ = s.mount(rt, ",redirect_dir=on")
-		err = errors.Join(checkSameTree(k, o), checkSameLookups(k, o))
+		err := errors.Join(checkSameTree(k, o), checkSameLookups(k, o))
 		if err != nil {
 			rt.Fatalf("the overlay shows another tree than the kernel did:\n%v\nlowers:\n%s\n%s\noperations:\n  %s",
 				err, lowers[0], lowers[1], strings.Join(done, "\n  "))
@@ -477,18 +455,7 @@ func TestKernelFormatMixedLowers(t *testing.T) {
 		if p := l.checkTree(); p != "" {
 			rt.Fatal(l.report(p))
 		}
-		for i, n := 0, rapid.IntRange(0, 20).Draw(rt, "ops"); i < n; i++ {
-			op := drawWeightedOp(rt)
-			if climbsOut(l.oracle, op) {
-				continue
-			}
-			if _, _, p := l.apply(op); p != "" {
-				rt.Fatal(l.report(p))
-			}
-			if p := l.checkTree(); p != "" {
-				rt.Fatal(l.report(p))
-			}
-		}
+		l.randomOps(rt, 20)
 	})
 }
 
@@ -553,5 +520,23 @@ func TestKernelFormatNeedsCapSysAdmin(t *testing.T) {
 	t.Logf("New: %v", err)
 	if err == nil || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
 		t.Errorf("New(FormatKernel) without CAP_SYS_ADMIN = %v, want an error naming CAP_SYS_ADMIN", err)
+	}
+}
+
+// randomOps applies up to max weighted random operations in lockstep,
+// checking each result and the whole tree after each, and skipping renames
+// that would make a symlink climb out of the tree.
+func (l *lockstep) randomOps(rt *rapid.T, max int) {
+	for i, n := 0, rapid.IntRange(0, max).Draw(rt, "ops"); i < n; i++ {
+		op := drawWeightedOp(rt)
+		if climbsOut(l.oracle, op) {
+			continue
+		}
+		if _, _, p := l.apply(op); p != "" {
+			rt.Fatal(l.report(p))
+		}
+		if p := l.checkTree(); p != "" {
+			rt.Fatal(l.report(p))
+		}
 	}
 }
