@@ -93,7 +93,7 @@ func (o *Overlay) ensureUpperDir(dir string) error {
 	case err != nil:
 		return err
 	case !r.found:
-		return errNotExist
+		return syscall.ENOENT
 	case r.inUpper():
 		return nil
 	}

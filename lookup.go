@@ -57,6 +57,11 @@ func (e entry) lowerChildPath(p string) string {
 	return join(e.lpath, baseOf(p))
 }
 
+// mergesLowers reports whether lower layers contribute to the directory e.
+func (e entry) mergesLowers() bool {
+	return len(e.dirs) > 0 && e.dirs[len(e.dirs)-1] != 0
+}
+
 // inUpper reports whether the topmost copy is in the upper layer.
 func (e entry) inUpper() bool { return e.layer == 0 }
 
@@ -247,7 +252,7 @@ func (o *Overlay) findRootDirs() ([]int, error) {
 // mergedChild looks up p, a child of the merged directory parent. The upper
 // is asked directly; what the lowers show comes from the lower index.
 func (o *Overlay) mergedChild(parent entry, p string) (entry, bool, error) {
-	lowers := len(parent.dirs) > 0 && parent.dirs[len(parent.dirs)-1] != 0
+	lowers := parent.mergesLowers()
 	lp := parent.lowerChildPath(p)
 	if parent.dirs[0] != 0 {
 		return o.lowerChild(p, lp)
@@ -367,7 +372,7 @@ func (o *Overlay) child(parent entry, base string, layers []int) (entry, bool, e
 // inLowers reports whether a lower layer would show base in parent if the
 // upper held nothing there: then deleting it from the upper needs a whiteout.
 func (o *Overlay) inLowers(parent entry, base string) (bool, error) {
-	if len(parent.dirs) == 0 || parent.dirs[len(parent.dirs)-1] == 0 {
+	if !parent.mergesLowers() {
 		return false, nil
 	}
 	le, err := o.lowerOnly(parent.lowerChildPath(join(parent.path, base)))

@@ -219,6 +219,3 @@ func (o *Overlay) setUpperAttr(name string, set func(up afero.Fs, p string) erro
 	up := o.layers[0]
 	return set(up.fs, up.path(e.path))
 }
-
-// errNotExist is the error for a name that vanished during an operation.
-var errNotExist = syscall.ENOENT

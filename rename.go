@@ -93,9 +93,9 @@ func (o *Overlay) move(src, dst resolved) error {
 		}
 	}
 	switch {
-	case src.isDir() && !upperOnly(src.entry) && o.layers[0].noOCI && !o.cfg.userXattr:
+	case src.isDir() && src.mergesLowers() && o.layers[0].noOCI && !o.cfg.userXattr:
 		err = o.moveRedirect(src, dst, to, lowerOld)
-	case src.isDir() && !upperOnly(src.entry):
+	case src.isDir() && src.mergesLowers():
 		err = o.moveMerged(src, dst, to, lowerOld)
 	case src.isDir():
 		err = o.moveUpperDir(src, dst, to, lowerOld)
@@ -110,11 +110,6 @@ func (o *Overlay) move(src, dst resolved) error {
 		return err
 	}
 	return o.touchDir(src.parent.path)
-}
-
-// upperOnly reports whether only the upper contributes to the directory e.
-func upperOnly(e entry) bool {
-	return len(e.dirs) == 1 && e.dirs[0] == 0
 }
 
 // moveUpper renames the upper name from to to, first whiting out from if a
