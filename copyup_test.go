@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"archive/tar"
 	"bytes"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -386,5 +388,53 @@ func TestCopyUpLargeFileOnDisk(t *testing.T) {
 	data[0] = '!'
 	if !bytes.Equal(got, data) {
 		t.Errorf("upper copy differs from the lower file (%d bytes, want %d)", len(got), len(data))
+	}
+}
+
+// chownFs records Chown calls and fails them with err, if set.
+type chownFs struct {
+	afero.Fs
+	err   error
+	calls []string
+}
+
+func (c *chownFs) Chown(name string, uid, gid int) error {
+	c.calls = append(c.calls, fmt.Sprintf("%s %d:%d", name, uid, gid))
+	if c.err != nil {
+		return &fs.PathError{Op: "chown", Path: name, Err: c.err}
+	}
+	return c.Fs.Chown(name, uid, gid)
+}
+
+// TestCopyUpOwners checks that a copy-up gives the copy the owner a tar
+// lower reports, and that an upper refusing to give files away (EPERM, an
+// unprivileged process) still gets the copy, owned by the caller.
+func TestCopyUpOwners(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: "f", Mode: 0o644, Size: 1, Uid: 1234, Gid: 5678, ModTime: lowerTime}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte("x"))
+	tw.Close()
+	for _, refuse := range []error{nil, syscall.EPERM} {
+		lower, err := NewTarFs(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		up := &chownFs{Fs: afero.NewMemMapFs(), err: refuse}
+		o, err := New(up, []afero.Fs{lower})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Chmod("f", 0o600); err != nil {
+			t.Fatalf("refuse=%v: Chmod = %v, want the copy-up to succeed", refuse, err)
+		}
+		if len(up.calls) != 1 || !strings.HasSuffix(up.calls[0], " 1234:5678") {
+			t.Errorf("refuse=%v: upper Chown calls = %q, want one giving 1234:5678", refuse, up.calls)
+		}
+		if got := readString(o, "f"); got != "x" {
+			t.Errorf("refuse=%v: ReadFile(f) = %q, want %q", refuse, got, "x")
+		}
 	}
 }
