@@ -505,7 +505,7 @@ func (a *applier) parent(p string) error {
 	}
 	exists, err := replaceName(a.dst, p, true)
 	if err == nil && !exists {
-		err = a.dst.fs.Mkdir(a.dst.path(p), 0o755)
+		err = a.dst.mkdir(p, 0o755)
 	}
 	if err != nil {
 		return err
@@ -553,7 +553,7 @@ func (a *applier) whiteout(target string) error {
 	}
 	st.whited = true
 	a.names[target] = st
-	return a.dst.fs.RemoveAll(a.dst.path(target))
+	return a.dst.removeAll(target)
 }
 
 // clearDir deletes what dst holds in the directory dir, except the names
@@ -570,7 +570,7 @@ func (a *applier) clearDir(dir string) error {
 		case st.kept && fi.IsDir():
 			err = a.clearDir(p)
 		case !st.kept:
-			err = a.dst.fs.RemoveAll(a.dst.path(p))
+			err = a.dst.removeAll(p)
 		}
 		if err != nil {
 			return err
@@ -601,7 +601,7 @@ func (a *applier) create(name string, hdr *tar.Header, data io.Reader) error {
 func (a *applier) mkdir(name string, hdr *tar.Header) error {
 	exists, err := replaceName(a.dst, name, true)
 	if err == nil && !exists {
-		err = a.dst.fs.Mkdir(a.dst.path(name), 0o700)
+		err = a.dst.mkdir(name, 0o700)
 	}
 	if err != nil {
 		return err

@@ -70,6 +70,7 @@ func (o *Overlay) swapUpper(fresh layer, autoDirTimes bool) {
 	layers := make([]layer, 0, len(o.layers)+1)
 	layers = append(layers, fresh)
 	o.layers = append(layers, o.layers...)
+	o.layers[1].names = nil // a lower: its names never change again
 	if o.autoDirTimes != autoDirTimes {
 		o.autoDirTimes = autoDirTimes
 	}
@@ -101,11 +102,11 @@ func setWorkDir(l layer, create bool) error {
 		return err
 	}
 	atime, mtime := fileAtime(root), root.ModTime() // now: MemMapFs's FileInfo is live
-	if err := l.fs.RemoveAll(l.path(workDir)); err != nil {
+	if err := l.removeAll(workDir); err != nil {
 		return err
 	}
 	if create {
-		if err := l.fs.Mkdir(l.path(workDir), 0o700); err != nil {
+		if err := l.mkdir(workDir, 0o700); err != nil {
 			return err
 		}
 	}
@@ -145,7 +146,9 @@ func (o *Overlay) reset() error {
 			return err
 		}
 	}
-	if err := o.emptyUpper(); err != nil {
+	err := o.emptyUpper()
+	o.layers[0].names.reset() // the upper changed wholesale, maybe part-way
+	if err != nil {
 		return err
 	}
 	dirs, err := o.findRootDirs()

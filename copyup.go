@@ -78,7 +78,7 @@ func (o *Overlay) placeCopy(tmp, name string) error {
 		return err
 	}
 	atime, mtime := fileAtime(pinfo), pinfo.ModTime() // now: MemMapFs's FileInfo is live
-	if err := up.fs.Rename(up.path(tmp), up.path(name)); err != nil {
+	if err := up.rename(tmp, name); err != nil {
 		return err
 	}
 	return up.fs.Chtimes(up.path(parent), atime, mtime)
@@ -120,7 +120,7 @@ func (o *Overlay) ensureUpperDir(dir string) error {
 func (o *Overlay) makeWorkDir(info fs.FileInfo) (string, error) {
 	up := o.layers[0]
 	tmp := o.tmpName()
-	if err := up.fs.Mkdir(up.path(tmp), 0o700); err != nil {
+	if err := up.mkdir(tmp, 0o700); err != nil {
 		return "", err
 	}
 	if err := up.copyAttrs(tmp, info); err != nil {
@@ -294,7 +294,7 @@ func (o *Overlay) tmpName() string {
 // discard removes a work-directory name left by a failed or stale operation.
 func (o *Overlay) discard(tmp string) {
 	up := o.layers[0]
-	_ = up.fs.RemoveAll(up.path(tmp)) // best effort: New clears the work directory too
+	_ = up.removeAll(tmp) // best effort: New clears the work directory too
 }
 
 // prepareWorkDir creates the work directory in the upper, or empties what an
@@ -306,10 +306,10 @@ func (o *Overlay) prepareWorkDir() error {
 		return err
 	}
 	atime, mtime := fileAtime(rootInfo), rootInfo.ModTime() // now: MemMapFs's FileInfo is live
-	if err := up.fs.RemoveAll(up.path(workDir)); err != nil {
+	if err := up.removeAll(workDir); err != nil {
 		return err
 	}
-	if err := up.fs.Mkdir(up.path(workDir), 0o700); err != nil {
+	if err := up.mkdir(workDir, 0o700); err != nil {
 		return err
 	}
 	return up.fs.Chtimes(up.path("."), atime, mtime)

@@ -54,7 +54,7 @@ func (f *flattener) dir(p string, info fs.FileInfo) error {
 	if p != "." {
 		exists, err := replaceName(f.dst, p, true)
 		if err == nil && !exists {
-			err = f.dst.fs.Mkdir(f.dst.path(p), 0o700)
+			err = f.dst.mkdir(p, 0o700)
 		}
 		if err != nil {
 			return flattenErr(p, err)
@@ -147,7 +147,7 @@ func replaceName(l layer, name string, dir bool) (exists bool, err error) {
 	case dir && fi.IsDir():
 		return true, nil
 	}
-	return false, l.fs.RemoveAll(l.path(name))
+	return false, l.removeAll(name)
 }
 
 // setAttrs gives name in l the owner, permission bits and times that info

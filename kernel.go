@@ -29,7 +29,10 @@ func (c config) xattrNS() string {
 func (c config) upperLayer(fsys afero.Fs) (layer, error) {
 	l := newLayer(fsys)
 	switch {
-	case fsys == nil || c.format == FormatOCI:
+	case fsys == nil:
+		return l, nil
+	case c.format == FormatOCI:
+		l.names = new(upperIndex)
 		return l, nil
 	case c.format != FormatKernel:
 		return layer{}, fmt.Errorf("overlay: unknown upper format %v", c.format)
@@ -104,7 +107,7 @@ func (o *Overlay) probeXattrs() error {
 		return nil
 	}
 	tmp := o.tmpName()
-	if err := up.fs.Mkdir(up.path(tmp), 0o700); err != nil {
+	if err := up.mkdir(tmp, 0o700); err != nil {
 		return pathErr("new", workDir, err)
 	}
 	defer o.discard(tmp)

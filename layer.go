@@ -26,6 +26,10 @@ type layer struct {
 	// xattrNS is the namespace of the overlay xattrs a kernel-format layer
 	// holds: "trusted.overlay." or "user.overlay.".
 	xattrNS string
+	// names is the index of an OCI upper's names, nil in other layers. The
+	// methods that change names (mkdir, open with O_CREATE, symlink,
+	// remove, removeAll, rename) keep it current.
+	names *upperIndex
 }
 
 // newLayer wraps fsys, choosing the rooted form unless fsys accepts only
@@ -92,6 +96,26 @@ func (l layer) readlink(name string) (string, error) {
 // readDir lists the directory name in this layer, unsorted.
 func (l layer) readDir(name string) ([]fs.FileInfo, error) {
 	f, err := l.fs.Open(l.path(name))
+	return l.readOpened(name, f, err)
+}
+
+// readDirQuietly is readDir for the overlay's own bookkeeping: on the host
+// it leaves the directory's access time alone, as a kernel lookup does.
+// Where O_NOATIME is refused (a directory the caller does not own, without
+// CAP_FOWNER), the access time is updated after all.
+func (l layer) readDirQuietly(name string) ([]fs.FileInfo, error) {
+	if oNoatime == 0 || !l.isHost() {
+		return l.readDir(name)
+	}
+	f, err := l.fs.OpenFile(l.path(name), os.O_RDONLY|oNoatime, 0)
+	if errors.Is(err, syscall.EPERM) {
+		return l.readDir(name)
+	}
+	return l.readOpened(name, f, err)
+}
+
+// readOpened lists the directory name, opened as f (or not, with err).
+func (l layer) readOpened(name string, f afero.File, err error) ([]fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +129,56 @@ func (l layer) readDir(name string) ([]fs.FileInfo, error) {
 
 // open opens name in this layer.
 func (l layer) open(name string, flag int, perm os.FileMode) (afero.File, error) {
-	return l.fs.OpenFile(l.path(name), flag, perm)
+	f, err := l.fs.OpenFile(l.path(name), flag, perm)
+	if flag&os.O_CREATE != 0 {
+		kind := kindUnchanged
+		if flag&os.O_EXCL != 0 {
+			kind = kindFile
+		}
+		l.names.made(name, kind, err)
+	}
+	return f, err
+}
+
+// mkdir creates the directory name in this layer.
+func (l layer) mkdir(name string, perm os.FileMode) error {
+	err := l.fs.Mkdir(l.path(name), perm)
+	l.names.made(name, kindDir, err)
+	return err
+}
+
+// remove removes the file or empty directory name from this layer.
+func (l layer) remove(name string) error {
+	err := l.fs.Remove(l.path(name))
+	l.names.gone(name, err)
+	return err
+}
+
+// removeAll removes name and everything under it from this layer.
+func (l layer) removeAll(name string) error {
+	err := l.fs.RemoveAll(l.path(name))
+	l.names.gone(name, err)
+	return err
+}
+
+// rename renames from to to in this layer.
+func (l layer) rename(from, to string) error {
+	kind := l.names.kindIn(from)
+	err := l.fs.Rename(l.path(from), l.path(to))
+	switch {
+	case l.names == nil:
+	case err != nil:
+		l.names.unsure(from)
+		l.names.unsure(to)
+	default:
+		if kind == 0 {
+			if fi, err := l.lstat(to); err == nil {
+				kind = kindOf(fi)
+			}
+		}
+		l.names.renamed(from, to, kind)
+	}
+	return err
 }
 
 // isNotExist reports whether err says a name is absent from a layer. MemMapFs
@@ -151,15 +224,23 @@ func (l layer) symlink(target, name string) error {
 	if err != nil {
 		return err
 	}
-	if ok {
-		return os.Symlink(target, dir+"/"+baseOf(name))
+	switch lk, isLinker := l.fs.(afero.Linker); {
+	case ok:
+		err = os.Symlink(target, dir+"/"+baseOf(name))
+	case isLinker && !l.isHost():
+		err = lk.SymlinkIfPossible(target, l.path(name))
+	default:
+		return errNoSymlink
 	}
-	if lk, ok := l.fs.(afero.Linker); ok {
-		if _, isBase := l.fs.(realPather); !isBase {
-			return lk.SymlinkIfPossible(target, l.path(name))
-		}
-	}
-	return errNoSymlink
+	l.names.made(name, kindSymlink, err)
+	return err
+}
+
+// isHost reports whether the layer is a directory on the host, whose
+// SymlinkIfPossible (afero.BasePathFs) rewrites targets.
+func (l layer) isHost() bool {
+	_, ok := l.fs.(realPather)
+	return ok
 }
 
 // errNoSymlink is returned where the upper cannot hold symlinks. It matches

@@ -24,6 +24,10 @@ type entry struct {
 	// whites it out, so that creating the name drops that whiteout. Without
 	// a lower copy there is never a whiteout to drop.
 	whiteout bool
+
+	// names is the upper index's listing of a directory in an OCI upper,
+	// once a walk has passed through it.
+	names *dirNames
 }
 
 // isDir reports whether the entry is a directory.
@@ -83,13 +87,11 @@ const maxSymlinks = 40
 // lookup resolves name and fails with ENOENT if it does not exist. It
 // follows a final symlink if follow is set. It takes o.mu for reading.
 func (o *Overlay) lookup(name string, follow bool) (entry, error) {
-	o.mu.RLock()
-	r, err := o.walk(name, follow)
-	o.mu.RUnlock()
-	if err == nil && !r.found {
+	e, found, err := o.resolve(name, follow)
+	if err == nil && !found {
 		err = syscall.ENOENT
 	}
-	return r.entry, err
+	return e, err
 }
 
 // walk resolves name one component at a time through the layers. Symlinks
@@ -197,25 +199,24 @@ func boolInt(b bool) int {
 }
 
 // endOfWalk turns the stack of resolved directories into the walk's result,
-// reading the root's FileInfo if the walk ends there.
+// giving the entry it ends at its real FileInfo.
 func (o *Overlay) endOfWalk(stack []entry) (resolved, error) {
 	top := stack[len(stack)-1]
+	info, err := o.infoOf(top)
+	if err != nil {
+		return resolved{}, err
+	}
+	top.info = info
 	if len(stack) == 1 {
-		info, err := o.rootInfo()
-		if err != nil {
-			return resolved{}, err
-		}
-		top.info = info
 		return resolved{parent: top, base: ".", entry: top, found: true}, nil
 	}
 	return resolved{parent: stack[len(stack)-2], base: baseOf(top.path), entry: top, found: true}, nil
 }
 
 // root returns the entry of the overlay's root directory. Its FileInfo is
-// a stand-in that only says "directory": walks that end at the root, and
-// callers that need the root's own attributes, use rootInfo.
+// a stand-in: see infoOf.
 func (o *Overlay) root() entry {
-	return entry{path: ".", layer: o.rootDirs[0], info: rootStandIn{}, dirs: o.rootDirs}
+	return entry{path: ".", layer: o.rootDirs[0], info: typeOnlyDir, dirs: o.rootDirs}
 }
 
 // rootInfo returns the FileInfo of the root's topmost copy.
@@ -223,15 +224,46 @@ func (o *Overlay) rootInfo() (fs.FileInfo, error) {
 	return o.layers[o.rootDirs[0]].lstat(".")
 }
 
-// rootStandIn is the root's FileInfo while a walk passes through it.
-type rootStandIn struct{}
+// infoOf returns the FileInfo of e. A walk knows the type of the upper
+// entries it passes through, and of the root, without asking the upper:
+// their FileInfo is a typeOnly stand-in until the walk ends at them.
+func (o *Overlay) infoOf(e entry) (fs.FileInfo, error) {
+	if _, ok := e.info.(typeOnly); !ok {
+		return e.info, nil
+	}
+	if e.path == "." {
+		return o.rootInfo()
+	}
+	return o.layers[e.layer].lstat(e.src())
+}
 
-func (rootStandIn) Name() string       { return "." }
-func (rootStandIn) Size() int64        { return 0 }
-func (rootStandIn) Mode() fs.FileMode  { return fs.ModeDir | 0o755 }
-func (rootStandIn) ModTime() time.Time { return time.Time{} }
-func (rootStandIn) IsDir() bool        { return true }
-func (rootStandIn) Sys() any           { return nil }
+// typeOnlyOf returns the typeOnly stand-in of info's type.
+func typeOnlyOf(info fs.FileInfo) fs.FileInfo {
+	switch {
+	case info.IsDir():
+		return typeOnlyDir
+	case info.Mode()&fs.ModeSymlink != 0:
+		return typeOnlySymlink
+	}
+	return typeOnlyFile
+}
+
+// typeOnly is the FileInfo of an entry whose type alone is known.
+type typeOnly fs.FileMode
+
+// The typeOnly stand-ins, one per type the upper index tells apart.
+var (
+	typeOnlyDir     fs.FileInfo = typeOnly(fs.ModeDir | 0o755)
+	typeOnlySymlink fs.FileInfo = typeOnly(fs.ModeSymlink | 0o777)
+	typeOnlyFile    fs.FileInfo = typeOnly(0o644)
+)
+
+func (t typeOnly) Name() string       { return "" }
+func (t typeOnly) Size() int64        { return 0 }
+func (t typeOnly) Mode() fs.FileMode  { return fs.FileMode(t) }
+func (t typeOnly) ModTime() time.Time { return time.Time{} }
+func (t typeOnly) IsDir() bool        { return t.Mode().IsDir() }
+func (t typeOnly) Sys() any           { return nil }
 
 // findRootDirs returns the layers whose roots merge, top-down: every layer
 // present, down to the first whose root is opaque.
@@ -249,14 +281,90 @@ func (o *Overlay) findRootDirs() ([]int, error) {
 	return dirs, nil
 }
 
-// mergedChild looks up p, a child of the merged directory parent. The upper
-// is asked directly; what the lowers show comes from the lower index.
+// mergedChild looks up p, a child of the merged directory parent. What the
+// upper holds comes from the upper index, or from the upper itself in the
+// kernel's format; what the lowers show comes from the lower index.
 func (o *Overlay) mergedChild(parent entry, p string) (entry, bool, error) {
+	if parent.dirs[0] != 0 {
+		return o.lowerChild(p, parent.lowerChildPath(p))
+	}
+	if o.layers[0].names == nil {
+		return o.probedChild(parent, p)
+	}
+	e, found, err := o.indexedChild(parent, p)
+	if checkIndexed != nil && err == nil {
+		checkIndexed(o, parent, p, e, found)
+	}
+	return e, found, err
+}
+
+// indexedChild is mergedChild for an OCI upper: the upper index says what
+// the upper holds at p, and whether it whites p out.
+func (o *Overlay) indexedChild(parent entry, p string) (entry, bool, error) {
+	up := o.layers[0]
+	d := parent.names
+	if d == nil {
+		var err error
+		if d, err = up.names.listing(up, parent.path); err != nil {
+			return entry{}, false, err
+		}
+	}
+	kind := d.lookup(baseOf(p))
+	lowers := parent.mergesLowers()
+	switch {
+	case kind&kindDir != 0:
+		return o.indexedDir(p, parent.lowerChildPath(p), lowers)
+	case kind&kindSymlink != 0:
+		return entry{path: p, layer: 0, info: typeOnlySymlink}, true, nil
+	case kind&kindFile != 0:
+		return entry{path: p, layer: 0, info: typeOnlyFile}, true, nil
+	case !lowers:
+		return entry{}, false, nil
+	}
+	e, found, err := o.lowerChild(p, parent.lowerChildPath(p))
+	switch {
+	case err != nil || !found:
+		return entry{}, false, err
+	case kind&kindWhiteout != 0:
+		return entry{path: p, whiteout: true}, false, nil
+	}
+	return e, true, nil
+}
+
+// indexedDir returns the merged entry of the directory p of an OCI upper,
+// which the lowers hold at lp.
+func (o *Overlay) indexedDir(p, lp string, lowers bool) (entry, bool, error) {
+	up := o.layers[0]
+	d, err := up.names.listing(up, p)
+	if err != nil {
+		return entry{}, false, err
+	}
+	e := entry{path: p, layer: 0, info: typeOnlyDir, dirs: upperOnly, names: d}
+	if !lowers || d.opaque.Load() {
+		return e, true, nil
+	}
+	le, err := o.lowerOnly(lp)
+	if err != nil {
+		return entry{}, false, err
+	}
+	if le.found && le.isDir() {
+		e.dirs = le.underUpper
+	}
+	return e, true, nil
+}
+
+// checkIndexed, when set (by the tests), checks every answer of the upper
+// index against the upper itself.
+var checkIndexed func(o *Overlay, parent entry, p string, e entry, found bool)
+
+// upperOnly is the dirs of a directory that only the upper holds. Like
+// every dirs slice, it is never changed in place.
+var upperOnly = []int{0}
+
+// probedChild is mergedChild for a kernel-format upper, which it asks.
+func (o *Overlay) probedChild(parent entry, p string) (entry, bool, error) {
 	lowers := parent.mergesLowers()
 	lp := parent.lowerChildPath(p)
-	if parent.dirs[0] != 0 {
-		return o.lowerChild(p, lp)
-	}
 	up := o.layers[0]
 	info, err := up.lstat(p)
 	switch {
@@ -386,19 +494,14 @@ func (o *Overlay) statName(name string, follow bool) (fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	o.mu.RLock()
-	r, err := o.walk(clean, follow)
-	o.mu.RUnlock()
-	if err == nil && !r.found {
-		err = syscall.ENOENT
-	}
+	e, err := o.lookup(clean, follow)
 	if err != nil {
 		return nil, err
 	}
-	if base := baseOf(clean); r.info.Name() != base {
-		return namedInfo{r.info, base}, nil
+	if base := baseOf(clean); e.info.Name() != base {
+		return namedInfo{e.info, base}, nil
 	}
-	return r.info, nil
+	return e.info, nil
 }
 
 // namedInfo is a FileInfo under the name the caller used, as os.Stat reports.

@@ -24,6 +24,12 @@ type lowerIndex struct {
 type lowerEntry struct {
 	found bool
 	entry
+
+	// underUpper is, for a directory, dirs with the upper in front: the
+	// dirs of a merged directory whose upper copy is not opaque. It is
+	// built once, so that lookups through such directories allocate
+	// nothing.
+	underUpper []int
 }
 
 // resetLowerIndex forgets everything the index remembers, for when the
@@ -31,6 +37,7 @@ type lowerEntry struct {
 func (o *Overlay) resetLowerIndex() {
 	o.lowers.entries.Clear()
 	o.lowers.listings.Clear()
+	o.lookups.clear()
 }
 
 // lowerOnly returns what the lowers alone show at the resolved name p,
@@ -84,6 +91,9 @@ func (o *Overlay) lowerRootEntry(root lowerEntry) lowerEntry {
 func (o *Overlay) remember(p string, e lowerEntry) (lowerEntry, error) {
 	if e.info != nil {
 		e.info = freeze(e.info)
+	}
+	if e.found && e.isDir() {
+		e.underUpper = slices.Clip(append([]int{0}, e.dirs...))
 	}
 	o.lowers.entries.Store(p, e)
 	return e, nil

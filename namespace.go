@@ -18,11 +18,9 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 		return err
 	}
 	perm &= dirModeBits
-	pinfo := r.parent.info
-	if r.parent.path == "." {
-		if pinfo, err = o.rootInfo(); err != nil {
-			return err
-		}
+	pinfo, err := o.infoOf(r.parent)
+	if err != nil {
+		return err
 	}
 	if pinfo.Mode()&fs.ModeSetgid != 0 {
 		perm |= fs.ModeSetgid // inherited, as Linux does
@@ -68,7 +66,7 @@ func (o *Overlay) walkNew(name string) (resolved, error) {
 // mkdirPlain creates the directory p in the upper with exactly perm.
 func (o *Overlay) mkdirPlain(p string, perm os.FileMode) error {
 	up := o.layers[0]
-	if err := up.fs.Mkdir(up.path(p), perm&fs.ModePerm); err != nil {
+	if err := up.mkdir(p, perm&fs.ModePerm); err != nil {
 		return err
 	}
 	return up.chmodExactly(p, perm)
@@ -79,7 +77,7 @@ func (o *Overlay) mkdirPlain(p string, perm os.FileMode) error {
 func (o *Overlay) mkdirOpaque(p string, perm os.FileMode) error {
 	up := o.layers[0]
 	tmp := o.tmpName()
-	err := up.fs.Mkdir(up.path(tmp), 0o700)
+	err := up.mkdir(tmp, 0o700)
 	if err == nil {
 		err = up.markOpaque(tmp)
 	}
@@ -87,7 +85,7 @@ func (o *Overlay) mkdirOpaque(p string, perm os.FileMode) error {
 		err = up.fs.Chmod(up.path(tmp), perm&modeBits)
 	}
 	if err == nil {
-		err = up.fs.Rename(up.path(tmp), up.path(p))
+		err = up.rename(tmp, p)
 	}
 	if err != nil {
 		o.discard(tmp)
@@ -168,7 +166,7 @@ func (o *Overlay) readlink(name string) (string, error) {
 // the worker of Chmod, Chown and Chtimes, which follow symlinks and copy up
 // even when they change nothing, as the kernel does.
 func (o *Overlay) setAttr(op, name string, set func(up afero.Fs, p string) error) error {
-	defer o.use()()
+	defer o.use().done()
 	clean, err := cleanName(name)
 	for range maxRetries {
 		if err != nil {

@@ -14,16 +14,14 @@ func (o *Overlay) openFile(name, clean string, flag int, perm os.FileMode) (afer
 	if flag&os.O_CREATE != 0 && !o.readOnly() {
 		return o.openCreate(name, clean, follow, flag, perm)
 	}
-	o.mu.RLock()
-	r, err := o.walk(clean, follow)
-	o.mu.RUnlock()
+	e, found, err := o.resolve(clean, follow)
 	switch {
 	case err != nil:
 		return nil, err
-	case r.found && flag&(os.O_CREATE|os.O_EXCL) == os.O_CREATE|os.O_EXCL:
+	case found && flag&(os.O_CREATE|os.O_EXCL) == os.O_CREATE|os.O_EXCL:
 		return nil, syscall.EEXIST
-	case r.found:
-		return o.openEntry(name, r.entry, flag)
+	case found:
+		return o.openEntry(name, e, flag)
 	case flag&os.O_CREATE != 0:
 		return nil, syscall.EROFS
 	}
@@ -144,8 +142,8 @@ func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (a
 		return nil, err
 	}
 	if err := o.finishCreate(p, r, lf, perm); err != nil {
-		_ = lf.Close()               // best effort: the create is undone below
-		_ = up.fs.Remove(up.path(p)) // best effort: a leftover empty file is a valid state
+		_ = lf.Close()   // best effort: the create is undone below
+		_ = up.remove(p) // best effort: a leftover empty file is a valid state
 		return nil, err
 	}
 	return o.writeHandle(name, flag, lf, p), nil

@@ -111,6 +111,7 @@ type Overlay struct {
 	cfg      config     // what New's options set
 	rootDirs []int      // the layers whose roots merge, top-down; fixed at New
 	lowers   lowerIndex // what the lowers show, looked up once
+	lookups  lookupCache
 
 	copies  singleflight.Group // one copy-up per path at a time
 	handles handleSet          // read-only handles on lower files, so they follow copy-ups
@@ -232,14 +233,14 @@ func (o *Overlay) Name() string { return "Overlay" }
 // Create creates or truncates the named file, as OpenFile with
 // O_RDWR|O_CREATE|O_TRUNC and mode 0666 does.
 func (o *Overlay) Create(name string) (afero.File, error) {
-	defer o.use()()
+	defer o.use().done()
 	return o.open(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
 }
 
 // Open opens the named file or directory for reading.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Open(name string) (afero.File, error) {
-	defer o.use()()
+	defer o.use().done()
 	return o.open(name, os.O_RDONLY, 0)
 }
 
@@ -249,7 +250,7 @@ func (o *Overlay) Open(name string) (afero.File, error) {
 // A new file gets exactly perm: no umask is applied.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) OpenFile(name string, flag int, perm os.FileMode) (afero.File, error) {
-	defer o.use()()
+	defer o.use().done()
 	return o.open(name, flag, perm)
 }
 
@@ -269,7 +270,7 @@ func (o *Overlay) open(name string, flag int, perm os.FileMode) (afero.File, err
 // merged directory it describes the topmost copy.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Stat(name string) (os.FileInfo, error) {
-	defer o.use()()
+	defer o.use().done()
 	fi, err := o.statName(name, true)
 	if err != nil {
 		return nil, pathErr("stat", name, err)
@@ -282,7 +283,7 @@ func (o *Overlay) Stat(name string) (os.FileInfo, error) {
 // itself, whatever its layers support.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) LstatIfPossible(name string) (os.FileInfo, bool, error) {
-	defer o.use()()
+	defer o.use().done()
 	fi, err := o.statName(name, false)
 	if err != nil {
 		return nil, true, pathErr("lstat", name, err)
@@ -294,7 +295,7 @@ func (o *Overlay) LstatIfPossible(name string) (os.FileInfo, bool, error) {
 // A directory created where a lower one was deleted is opaque.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Mkdir(name string, perm os.FileMode) error {
-	defer o.use()()
+	defer o.use().done()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.mkdir(clean, perm)
@@ -309,7 +310,7 @@ func (o *Overlay) Mkdir(name string, perm os.FileMode) error {
 // permission bits perm. It does nothing if name is already a directory.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) MkdirAll(name string, perm os.FileMode) error {
-	defer o.use()()
+	defer o.use().done()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.mkdirAll(clean, perm)
@@ -324,7 +325,7 @@ func (o *Overlay) MkdirAll(name string, perm os.FileMode) error {
 // layer holds is hidden by a whiteout in the upper.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Remove(name string) error {
-	defer o.use()()
+	defer o.use().done()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.remove(clean)
@@ -340,7 +341,7 @@ func (o *Overlay) Remove(name string) error {
 // os.RemoveAll gives on a read-only mount).
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) RemoveAll(name string) error {
-	defer o.use()()
+	defer o.use().done()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.removeAll(clean)
@@ -356,7 +357,7 @@ func (o *Overlay) RemoveAll(name string) error {
 // file replaces an existing file, and an existing directory at newname is
 // EEXIST. If there is an error, it will be of type [*os.LinkError].
 func (o *Overlay) Rename(oldname, newname string) error {
-	defer o.use()()
+	defer o.use().done()
 	oldClean, err := cleanName(oldname)
 	if err == nil {
 		var newClean string
@@ -401,7 +402,7 @@ func (o *Overlay) Chtimes(name string, atime, mtime time.Time) error {
 // target is stored as given. It needs an upper layer that supports symlinks.
 // If there is an error, it will be of type [*os.LinkError].
 func (o *Overlay) SymlinkIfPossible(oldname, newname string) error {
-	defer o.use()()
+	defer o.use().done()
 	clean, err := cleanName(newname)
 	if err == nil {
 		err = o.symlink(oldname, clean)
@@ -415,7 +416,7 @@ func (o *Overlay) SymlinkIfPossible(oldname, newname string) error {
 // ReadlinkIfPossible returns the target of the named symbolic link.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) ReadlinkIfPossible(name string) (string, error) {
-	defer o.use()()
+	defer o.use().done()
 	clean, err := cleanName(name)
 	if err == nil {
 		var target string
@@ -426,12 +427,15 @@ func (o *Overlay) ReadlinkIfPossible(name string) (string, error) {
 	return "", pathErr("readlink", name, err)
 }
 
-// use marks a call in progress until the returned function runs: Commit
-// and Reset wait for it. Callers write defer o.use()().
-func (o *Overlay) use() func() {
+// use marks a call in progress until done: Commit and Reset wait for it.
+// Callers write defer o.use().done().
+func (o *Overlay) use() *Overlay {
 	o.ops.RLock()
-	return o.ops.RUnlock
+	return o
 }
+
+// done ends the call that use began.
+func (o *Overlay) done() { o.ops.RUnlock() }
 
 // cleanName turns a caller's name into the overlay's form: cleaned and
 // unrooted, "." for the root. It rejects names the kernel rejects (a NUL

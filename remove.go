@@ -115,10 +115,10 @@ func (o *Overlay) removeEntry(r resolved) error {
 func (o *Overlay) removeUpper(name string, dir bool) error {
 	up := o.layers[0]
 	if !dir {
-		return up.fs.Remove(up.path(name))
+		return up.remove(name)
 	}
 	tmp := o.tmpName()
-	if err := up.fs.Rename(up.path(name), up.path(tmp)); err != nil {
+	if err := up.rename(name, tmp); err != nil {
 		return err
 	}
 	o.discard(tmp)

@@ -124,7 +124,7 @@ func (o *Overlay) moveUpper(from, to string, lowerOld bool) error {
 			return err
 		}
 	}
-	return up.fs.Rename(up.path(from), up.path(to))
+	return up.rename(from, to)
 }
 
 // moveUpperDir renames a directory that only the upper holds. If a lower

@@ -39,3 +39,6 @@ func lchtimes(p string, atime, mtime time.Time) error {
 	ts := []unix.Timespec{unix.NsecToTimespec(atime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
+
+// oNoatime opens a file without updating its access time (O_NOATIME).
+const oNoatime = unix.O_NOATIME

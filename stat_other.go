@@ -18,3 +18,6 @@ func isHostInfo(fs.FileInfo) bool { return false }
 
 // lchtimes leaves a symlink's times alone where it cannot set them.
 func lchtimes(string, time.Time, time.Time) error { return nil }
+
+// oNoatime is 0 where there is no O_NOATIME.
+const oNoatime = 0

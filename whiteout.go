@@ -107,9 +107,9 @@ func (l layer) dropWhiteout(name string) error {
 		if err != nil || !wh {
 			return err
 		}
-		return l.fs.Remove(l.path(name))
+		return l.remove(name)
 	}
-	err := l.fs.Remove(l.path(whiteoutPath(name)))
+	err := l.remove(whiteoutPath(name))
 	if err != nil && !isNotExist(err) {
 		return err
 	}
