@@ -55,6 +55,7 @@ func (o *Overlay) commit(newUpper afero.Fs) error {
 	if err := setWorkDir(fresh, true); err != nil {
 		return err
 	}
+	fresh.exactPerms = probeExactPerms(fresh, o.tmpName())
 	old := o.layers[0]
 	if err := setWorkDir(old, false); err != nil {
 		_ = setWorkDir(fresh, false) // best effort: the fresh upper is left as it came

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/afero"
+	"github.com/spf13/afero/mem"
 )
 
 // file is an open file or directory of the overlay. It enforces the open
@@ -175,7 +176,7 @@ func (f *file) Close() error {
 		f.o.handles.release(f.node)
 		f.node = nil
 	}
-	if f.f == nil {
+	if f.f == nil || f.keepTimes && mtimeOnlyClose(f.f) {
 		return nil
 	}
 	var mtime time.Time
@@ -191,6 +192,15 @@ func (f *file) Close() error {
 		_ = f.up.fs.Chtimes(f.up.path(f.upperPath), mtime, mtime) // best effort: only the layer's own bump is undone
 	}
 	return nil
+}
+
+// mtimeOnlyClose reports whether closing the layer's handle lf would do
+// nothing but set the file's mtime to now, which Linux's close never does:
+// so it is for a writable MemMapFs handle, which is then left to the
+// garbage collector rather than closed and its mtime put back.
+func mtimeOnlyClose(lf afero.File) bool {
+	_, ok := lf.(*mem.File)
+	return ok
 }
 
 // Readdir returns the merged directory's entries in name order: n > 0

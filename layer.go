@@ -26,6 +26,9 @@ type layer struct {
 	// xattrNS is the namespace of the overlay xattrs a kernel-format layer
 	// holds: "trusted.overlay." or "user.overlay.".
 	xattrNS string
+	// exactPerms is set on an upper known to create names with exactly
+	// the mode asked: no umask needs undoing (see probeExactPerms).
+	exactPerms bool
 	// names is the index of an OCI upper's names, nil in other layers. The
 	// methods that change names (mkdir, open with O_CREATE, symlink,
 	// remove, removeAll, rename) keep it current.
@@ -129,6 +132,9 @@ func (l layer) readOpened(name string, f afero.File, err error) ([]fs.FileInfo, 
 
 // open opens name in this layer.
 func (l layer) open(name string, flag int, perm os.FileMode) (afero.File, error) {
+	if flag == os.O_RDONLY {
+		return l.fs.Open(l.path(name)) // MemMapFs's OpenFile makes two handles for one
+	}
 	f, err := l.fs.OpenFile(l.path(name), flag, perm)
 	if flag&os.O_CREATE != 0 {
 		kind := kindUnchanged

@@ -70,7 +70,8 @@ func (e entry) mergesLowers() bool {
 func (e entry) inUpper() bool { return e.layer == 0 }
 
 // resolved is the outcome of walking a name: the directory that holds its
-// last component and, if found, the entry itself.
+// last component and, if found, the entry itself. The entry's path is the
+// resolved name whether found or not.
 type resolved struct {
 	parent entry  // the directory holding the name; the root for the root
 	base   string // the last component, "." for the root
@@ -132,6 +133,7 @@ func (o *Overlay) walk(name string, follow bool) (resolved, error) {
 		last := onlyDots(rest)
 		if !ok {
 			if last {
+				child.path = p
 				return resolved{parent: *parent, base: c, entry: child}, nil
 			}
 			return resolved{}, syscall.ENOENT

@@ -28,7 +28,7 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 	if err := o.ensureUpperParent(r); err != nil {
 		return err
 	}
-	p := join(r.parent.path, r.base)
+	p := r.path
 	if err := o.clearWhiteout(p, r); err != nil {
 		return err
 	}
@@ -69,6 +69,9 @@ func (o *Overlay) mkdirPlain(p string, perm os.FileMode) error {
 	if err := up.mkdir(p, perm&fs.ModePerm); err != nil {
 		return err
 	}
+	if up.exactPerms && perm&modeBits == perm&fs.ModePerm {
+		return nil // mkdir gave it all
+	}
 	return up.chmodExactly(p, perm)
 }
 
@@ -101,6 +104,34 @@ func (l layer) chmodExactly(name string, perm os.FileMode) error {
 		return err
 	}
 	return l.fs.Chmod(l.path(name), perm&modeBits)
+}
+
+// probeExactPerms reports whether the upper l creates files and
+// directories with exactly the mode asked, so that creating one needs no
+// check for a umask: it creates a file and a directory with every mode bit
+// at tmp, in the work directory, and looks. A directory on the host applies
+// the process's umask, which may change at any time, so it is never taken
+// to be exact.
+func probeExactPerms(l layer, tmp string) bool {
+	if l.isHost() {
+		return false
+	}
+	defer func() { _ = l.removeAll(tmp) }() // best effort: New clears the work directory too
+	if err := l.mkdir(tmp, 0o777); err != nil {
+		return false
+	}
+	dir, err := l.lstat(tmp)
+	if err != nil || dir.Mode()&modeBits != 0o777 {
+		return false
+	}
+	const all = modeBits
+	f, err := l.open(tmp+"/f", os.O_WRONLY|os.O_CREATE|os.O_EXCL, all)
+	if err != nil {
+		return false
+	}
+	file, err := f.Stat()
+	_ = f.Close() // best effort: only the mode was wanted
+	return err == nil && file.Mode()&modeBits == all
 }
 
 // mkdirAll is MkdirAll's worker, as os.MkdirAll: parents first, and an
@@ -140,7 +171,7 @@ func (o *Overlay) symlink(target, name string) error {
 	if err := o.ensureUpperParent(r); err != nil {
 		return err
 	}
-	p := join(r.parent.path, r.base)
+	p := r.path
 	if err := o.clearWhiteout(p, r); err != nil {
 		return err
 	}

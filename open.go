@@ -129,7 +129,7 @@ func (o *Overlay) toUpper(e entry, data bool) (entry, error) {
 // create creates the file that the walk r did not find, for OpenFile with
 // O_CREATE. The caller holds o.mu for writing.
 func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (afero.File, error) {
-	p := join(r.parent.path, r.base)
+	p := r.path
 	if err := o.ensureUpperParent(r); err != nil {
 		return nil, err
 	}
@@ -163,16 +163,28 @@ func (o *Overlay) ensureUpperParent(r resolved) error {
 // times. The caller holds o.mu for writing.
 func (o *Overlay) finishCreate(p string, r resolved, lf afero.File, perm os.FileMode) error {
 	up := o.layers[0]
+	if up.exactPerms {
+		return o.entryAdded(p, r)
+	}
 	fi, err := lf.Stat()
 	if err != nil {
 		return err
 	}
 	if fi.Mode()&modeBits != perm&modeBits {
-		if err := up.fs.Chmod(up.path(p), perm&modeBits); err != nil {
+		if err := chmodOpened(up, p, lf, perm&modeBits); err != nil {
 			return err
 		}
 	}
 	return o.entryAdded(p, r)
+}
+
+// chmodOpened sets the mode of the upper file p, open as lf: through the
+// handle where it is a host file, which spares resolving the name again.
+func chmodOpened(up layer, p string, lf afero.File, mode os.FileMode) error {
+	if f, ok := osFile(lf); ok {
+		return f.Chmod(mode)
+	}
+	return up.fs.Chmod(up.path(p), mode)
 }
 
 // entryAdded finishes adding the name p to the upper, where the walk r had

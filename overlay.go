@@ -210,6 +210,7 @@ func New(upper afero.Fs, lowers []afero.Fs, opts ...Option) (*Overlay, error) {
 		if err := o.prepareWorkDir(); err != nil {
 			return nil, pathErr("new", workDir, err)
 		}
+		o.layers[0].exactPerms = probeExactPerms(o.layers[0], o.tmpName())
 		if err := o.probeXattrs(); err != nil {
 			return nil, err
 		}

@@ -33,7 +33,7 @@ func (o *Overlay) renameLocked(oldName, newName string) (entry, error) {
 	switch {
 	case err != nil:
 		return entry{}, err
-	case src.path == join(dst.parent.path, dst.base):
+	case src.path == dst.path:
 		return entry{}, nil // the same file: nothing to do
 	case !src.isDir() && !src.inUpper():
 		return src.entry, errNeedCopyUp
@@ -65,7 +65,7 @@ func (o *Overlay) renameCheck(oldName, newName string) (src, dst resolved, err e
 		return src, dst, syscall.ENOENT
 	case src.isRoot():
 		return src, dst, syscall.EXDEV
-	case src.isDir() && under(join(dst.parent.path, dst.base), src.path):
+	case src.isDir() && under(dst.path, src.path):
 		return src, dst, syscall.EINVAL
 	case src.isDir() && dst.found:
 		return src, dst, syscall.ENOTDIR
@@ -79,7 +79,7 @@ func (o *Overlay) move(src, dst resolved) error {
 	if err := o.ensureUpperDir(dst.parent.path); err != nil {
 		return err
 	}
-	to := join(dst.parent.path, dst.base)
+	to := dst.path
 	if err := o.clearWhiteout(to, dst); err != nil {
 		return err
 	}

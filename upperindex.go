@@ -23,7 +23,7 @@ import (
 //
 // Reads are lock-free. Changes, and storing a listing just read, are
 // serialised by mu, and a listing read while a change happened is not
-// stored: it may predate the change. Memory: one map entry (about 100 bytes)
+// stored: it may predate the change. Memory: one map entry (about 40 bytes)
 // per name in each upper directory that a lookup has passed through.
 type upperIndex struct {
 	mu   sync.Mutex
@@ -34,7 +34,8 @@ type upperIndex struct {
 // dirNames is what one upper directory holds, as lookups need it.
 type dirNames struct {
 	opaque atomic.Bool
-	names  sync.Map // name → nameKind
+	mu     sync.RWMutex        // guards names
+	names  map[string]nameKind // a plain map: a name costs no allocation
 }
 
 // nameKind says what a directory holds at one name. The first three bits
@@ -66,11 +67,9 @@ func (k nameKind) present() bool { return k&kindTypeMask != 0 }
 
 // lookup returns what the directory holds at name.
 func (d *dirNames) lookup(name string) nameKind {
-	v, ok := d.names.Load(name)
-	if !ok {
-		return 0
-	}
-	return v.(nameKind)
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.names[name]
 }
 
 // set records that the directory holds a name of the given type (a marker
@@ -101,12 +100,17 @@ func (k nameKind) marker() nameKind {
 
 // update sets name's kind to the bits of kind, keeping the bits in keep.
 func (d *dirNames) update(name string, keep, kind nameKind) {
-	k := d.lookup(name)&keep | kind
-	if k == 0 {
-		d.names.Delete(name)
-		return
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := d.names[name]&keep | kind
+	switch {
+	case k == 0:
+		delete(d.names, name)
+	case d.names == nil:
+		d.names = map[string]nameKind{name: k}
+	default:
+		d.names[name] = k
 	}
-	d.names.Store(name, k)
 }
 
 // listing returns the names of the upper directory dir, reading them from
@@ -120,7 +124,7 @@ func (x *upperIndex) listing(l layer, dir string) (*dirNames, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := new(dirNames)
+	d := &dirNames{names: make(map[string]nameKind, len(list))}
 	for _, fi := range list {
 		d.set(fi.Name(), kindOf(fi))
 	}

@@ -94,7 +94,7 @@ func TestDirNamesNameAndWhiteoutTogether(t *testing.T) {
 		t.Fatalf("name removed: %v, want whiteout only", got)
 	}
 	d.set(whiteoutPrefix+"x", 0)
-	if _, ok := d.names.Load("x"); ok {
+	if _, ok := d.names["x"]; ok {
 		t.Fatal("both removed: the name is still in the map")
 	}
 	d.set(opaqueMarker, kindFile)
@@ -199,10 +199,9 @@ func closeOpened(f afero.File, err error) error {
 // dumpNames renders d for comparison.
 func dumpNames(d *dirNames) string {
 	var names []string
-	d.names.Range(func(k, v any) bool {
+	for k, v := range d.names {
 		names = append(names, fmt.Sprintf("%s=%d", k, v))
-		return true
-	})
+	}
 	slices.Sort(names)
 	return fmt.Sprintf("opaque=%v %v", d.opaque.Load(), names)
 }
