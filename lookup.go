@@ -490,15 +490,24 @@ func (o *Overlay) inLowers(parent entry, base string) (bool, error) {
 }
 
 // statName returns what Stat (follow) or Lstat describes for name, under the
-// name the caller used.
+// name the caller used. It needs no o.use: it uses the layers only under
+// o.mu, which Commit and Reset also take, or not at all when the lookup
+// cache answers with a frozen FileInfo.
 func (o *Overlay) statName(name string, follow bool) (fs.FileInfo, error) {
 	clean, err := cleanName(name)
 	if err != nil {
 		return nil, err
 	}
-	e, err := o.lookup(clean, follow)
+	e, found, ok := o.frozen(clean, follow)
+	if !ok {
+		e, err = o.lookup(clean, follow)
+		found = err == nil
+	}
 	if err != nil {
 		return nil, err
+	}
+	if !found {
+		return nil, syscall.ENOENT
 	}
 	if base := baseOf(clean); e.info.Name() != base {
 		return namedInfo{e.info, base}, nil

@@ -17,6 +17,12 @@ import (
 // an OCI upper, or none. Memory: about 250 bytes per distinct name looked
 // up since the last change.
 type lookupCache struct {
+	// upper is the upper index whose generations the cache follows, nil
+	// for a read-only overlay; on says whether the cache is used at all.
+	// Both change only under o.mu, with the stack of layers.
+	upper atomic.Pointer[upperIndex]
+	on    atomic.Bool
+
 	gen    atomic.Uint64 // the upper index's generation the entries are of
 	follow sync.Map      // clean name → *cachedWalk, final symlink followed
 	lstat  sync.Map      // clean name → *cachedWalk
@@ -28,11 +34,43 @@ type cachedWalk struct {
 	found bool
 }
 
-// cacheable reports whether lookups can be remembered: the upper, if any,
-// keeps an upper index.
-func (o *Overlay) cacheable() bool {
-	up := o.layers[0]
-	return up.fs == nil || up.names != nil
+// follows points the cache at the stack whose upper is up, forgetting
+// every walk. Lookups can be remembered where the upper, if any, keeps an
+// upper index. The caller holds o.mu for writing.
+func (c *lookupCache) follows(up layer) {
+	c.on.Store(up.fs == nil || up.names != nil)
+	c.upper.Store(up.names)
+	c.clear()
+}
+
+// frozen answers a walk of the clean name from the cache without taking
+// any lock, where the answer needs nothing from the layers: a name found
+// absent, or found in a lower (whose FileInfo never changes). ok is false
+// where the cache cannot answer so. An answer of the generation current
+// when frozen began is right at that moment; a change racing it is
+// linearised after it, as it would be had frozen taken o.mu first.
+func (o *Overlay) frozen(name string, follow bool) (e entry, found, ok bool) {
+	c := &o.lookups
+	if !c.on.Load() {
+		return entry{}, false, false
+	}
+	upper := c.upper.Load()
+	gen := upper.generation()
+	if c.gen.Load() != gen {
+		return entry{}, false, false
+	}
+	v, hit := c.of(follow).Load(name)
+	if !hit {
+		return entry{}, false, false
+	}
+	cw := v.(*cachedWalk)
+	if cw.found && cw.inUpper() {
+		return entry{}, false, false
+	}
+	if checkFrozen != nil {
+		checkFrozen(o, name, follow, upper, gen, cw.entry, cw.found)
+	}
+	return cw.entry, cw.found, true
 }
 
 // resolve walks the clean name, as walk does, answering from the lookup
@@ -42,13 +80,13 @@ func (o *Overlay) cacheable() bool {
 func (o *Overlay) resolve(name string, follow bool) (entry, bool, error) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
-	if !o.cacheable() {
+	c := &o.lookups
+	if !c.on.Load() {
 		r, err := o.walk(name, follow)
 		return r.entry, r.found, err
 	}
-	c := &o.lookups
 	m := c.of(follow)
-	gen := o.layers[0].names.generation()
+	gen := c.upper.Load().generation()
 	if c.gen.Load() == gen {
 		if v, ok := m.Load(name); ok {
 			return o.hit(name, follow, v.(*cachedWalk))
@@ -91,6 +129,11 @@ func (o *Overlay) hit(name string, follow bool, cw *cachedWalk) (entry, bool, er
 // cache against a fresh walk.
 var checkCached func(o *Overlay, name string, follow bool, e entry, found bool)
 
+// checkFrozen, when set (by the tests), checks every lock-free answer
+// of the lookup cache, made at generation gen of upper, against a fresh
+// walk.
+var checkFrozen func(o *Overlay, name string, follow bool, upper *upperIndex, gen uint64, e entry, found bool)
+
 // of returns the map of walks that follow a final symlink, or of those
 // that do not.
 func (c *lookupCache) of(follow bool) *sync.Map {
@@ -100,7 +143,7 @@ func (c *lookupCache) of(follow bool) *sync.Map {
 	return &c.lstat
 }
 
-// clear forgets every walk, for when the stack of layers changes.
+// clear forgets every walk.
 func (c *lookupCache) clear() {
 	c.follow.Clear()
 	c.lstat.Clear()

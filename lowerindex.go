@@ -37,7 +37,7 @@ type lowerEntry struct {
 func (o *Overlay) resetLowerIndex() {
 	o.lowers.entries.Clear()
 	o.lowers.listings.Clear()
-	o.lookups.clear()
+	o.lookups.follows(o.layers[0])
 }
 
 // lowerOnly returns what the lowers alone show at the resolved name p,

@@ -98,8 +98,9 @@ type Overlay struct {
 	autoDirTimes bool
 
 	// ops is held for reading by every call, and every handle call, that
-	// uses the layer list, for the whole call; Commit and Reset hold it for
-	// writing while they change the list. It is always taken before mu.
+	// uses the layer list outside mu, for the whole call; Commit and Reset
+	// hold it for writing while they change the list. It is always taken
+	// before mu. (Stat and Lstat use the layers under mu only.)
 	ops sync.RWMutex
 
 	// mu guards the upper layer's namespace: lookups hold it for reading,
@@ -225,6 +226,7 @@ func New(upper afero.Fs, lowers []afero.Fs, opts ...Option) (*Overlay, error) {
 		return nil, pathErr("new", ".", err)
 	}
 	o.rootDirs = dirs
+	o.lookups.follows(o.layers[0])
 	return o, nil
 }
 
@@ -271,7 +273,6 @@ func (o *Overlay) open(name string, flag int, perm os.FileMode) (afero.File, err
 // merged directory it describes the topmost copy.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Stat(name string) (os.FileInfo, error) {
-	defer o.use().done()
 	fi, err := o.statName(name, true)
 	if err != nil {
 		return nil, pathErr("stat", name, err)
@@ -284,7 +285,6 @@ func (o *Overlay) Stat(name string) (os.FileInfo, error) {
 // itself, whatever its layers support.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) LstatIfPossible(name string) (os.FileInfo, bool, error) {
-	defer o.use().done()
 	fi, err := o.statName(name, false)
 	if err != nil {
 		return nil, true, pathErr("lstat", name, err)

@@ -275,3 +275,19 @@ func TestLookupCacheForgetsOnChange(t *testing.T) {
 		t.Fatalf("the cache holds %d walks, want only the current one", n)
 	}
 }
+
+// Every lock-free answer of the lookup cache is checked against a fresh
+// walk too, unless the upper changed since.
+func init() { checkFrozen = verifyFrozen }
+
+// verifyFrozen panics if a lock-free answer of the lookup cache, made at
+// generation gen of upper, differs from a fresh walk's at the same
+// generation.
+func verifyFrozen(o *Overlay, name string, follow bool, upper *upperIndex, gen uint64, got entry, found bool) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	if o.lookups.upper.Load() != upper || upper.generation() != gen {
+		return // changed since: the answer was right before the change
+	}
+	verifyCached(o, name, follow, got, found)
+}
