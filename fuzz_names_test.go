@@ -148,6 +148,9 @@ func FuzzCleanName(f *testing.F) {
 func fuzzCheckClean(t *testing.T, name string) {
 	t.Helper()
 	clean, err := cleanName(name)
+	if slow, slowErr := cleanSlowly(name); slow != clean || !errors.Is(err, slowErr) && err != slowErr {
+		t.Fatalf("cleanName(%q) = %q, %v; the long way gives %q, %v", name, clean, err, slow, slowErr)
+	}
 	if err != nil {
 		long := slices.ContainsFunc(strings.Split(name, "/"), func(c string) bool { return len(c) > maxNameLen })
 		switch {

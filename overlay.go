@@ -442,6 +442,14 @@ func (o *Overlay) done() { o.ops.RUnlock() }
 // unrooted, "." for the root. It rejects names the kernel rejects (a NUL
 // byte, a component over 255 bytes) and the reserved ".wh." names.
 func cleanName(name string) (string, error) {
+	if clean := strings.TrimPrefix(name, "/"); isCleanName(clean) {
+		return clean, nil
+	}
+	return cleanSlowly(name)
+}
+
+// cleanSlowly is cleanName for a name that is not already clean.
+func cleanSlowly(name string) (string, error) {
 	if strings.IndexByte(name, 0) >= 0 {
 		return "", syscall.EINVAL
 	}
@@ -461,6 +469,27 @@ func cleanName(name string) (string, error) {
 		}
 	}
 	return clean, nil
+}
+
+// isCleanName reports whether name is already in the overlay's form and
+// acceptable as it is: the common case, checked in one pass. Every other
+// name takes cleanName's longer way, which also says what is wrong.
+func isCleanName(name string) bool {
+	start := 0
+	for i := 0; i <= len(name); i++ {
+		if i < len(name) && name[i] != '/' {
+			if name[i] == 0 {
+				return false
+			}
+			continue
+		}
+		c := name[start:i]
+		if c == "" || c == "." || c == ".." || len(c) > maxNameLen || isReserved(c) {
+			return false
+		}
+		start = i + 1
+	}
+	return true
 }
 
 // maxNameLen is the longest file name component Linux accepts.
