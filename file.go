@@ -24,6 +24,7 @@ type file struct {
 	mu     sync.Mutex // guards the fields below
 	f      afero.File // the layer's handle; nil for a directory
 	node   *node      // for a read-only handle on a lower file: follows copy-up
+	own    node       // what node points to, if set
 	gen    uint64     // the node generation that f reflects
 	dir    *dirHandle // for a directory
 	closed bool
@@ -409,40 +410,50 @@ func (o *Overlay) listDir(dir string) ([]fs.FileInfo, error) {
 // a handle can follow its file into the upper after a copy-up, and after a
 // rename, as on Linux since 4.19.
 type handleSet struct {
-	mu    sync.Mutex       // guards nodes and every node's path, upper and refs
-	nodes map[string]*node // by resolved name
+	mu    sync.Mutex       // guards nodes and every node's path, upper and next
+	nodes map[string]*node // by resolved name: the first of the handles on it
 }
 
-// node is one lower file that handles have open.
+// node is one read-only handle's record of the lower file it has open. It
+// lives in the handle, so that opening allocates nothing more; the handles
+// on one name are chained.
 type node struct {
 	path  string
-	upper layer // the upper the file was copied up to; fs is nil before
-	refs  int
+	upper layer         // the upper the file was copied up to; fs is nil before
+	next  *node         // the next handle on the same name
 	gen   atomic.Uint64 // bumped on every change a handle must see
 }
 
-// acquire returns the node for name, creating it if need be.
-func (s *handleSet) acquire(name string) *node {
+// acquire records that the handle of n has the file name open.
+func (s *handleSet) acquire(name string, n *node) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := s.nodes[name]
-	if n == nil {
-		if s.nodes == nil {
-			s.nodes = make(map[string]*node)
-		}
-		n = &node{path: name}
-		s.nodes[name] = n
+	if s.nodes == nil {
+		s.nodes = make(map[string]*node)
 	}
-	n.refs++
-	return n
+	n.path, n.next = name, s.nodes[name]
+	s.nodes[name] = n
 }
 
-// release drops one handle's reference to n.
+// release forgets the handle of n. A node the set no longer holds (its
+// file was removed) is left alone.
 func (s *handleSet) release(n *node) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n.refs--; n.refs == 0 && s.nodes[n.path] == n {
+	first := s.nodes[n.path]
+	switch {
+	case first == n && n.next == nil:
 		delete(s.nodes, n.path)
+		return
+	case first == n:
+		s.nodes[n.path] = n.next
+		return
+	}
+	for p := first; p != nil; p = p.next {
+		if p.next == n {
+			p.next = n.next
+			return
+		}
 	}
 }
 
@@ -458,14 +469,14 @@ func (s *handleSet) where(n *node) (string, layer, uint64) {
 func (s *handleSet) copiedUp(name string, up layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n := s.nodes[name]; n != nil {
+	for n := s.nodes[name]; n != nil; n = n.next {
 		n.upper = up
 		n.gen.Add(1)
 	}
 }
 
 // renamed records that oldName and everything under it moved to newName,
-// into the upper up.
+// into the upper up. Handles on a file the move replaced are forgotten.
 func (s *handleSet) renamed(oldName, newName string, up layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -476,10 +487,13 @@ func (s *handleSet) renamed(oldName, newName string, up layer) {
 			moved = append(moved, n)
 		}
 	}
-	for _, n := range moved {
-		n.path, n.upper = newName+n.path[len(oldName):], up
-		s.nodes[n.path] = n
-		n.gen.Add(1)
+	for _, first := range moved {
+		p := newName + first.path[len(oldName):]
+		for n := first; n != nil; n = n.next {
+			n.path, n.upper = p, up
+			n.gen.Add(1)
+		}
+		s.nodes[p] = first
 	}
 }
 

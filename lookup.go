@@ -498,15 +498,11 @@ func (o *Overlay) statName(name string, follow bool) (fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, found, ok := o.frozen(clean, follow)
-	if !ok {
-		e, err = o.lookup(clean, follow)
-		found = err == nil
-	}
-	if err != nil {
+	e, found, err := o.lookupQuickly(clean, follow)
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	if !found {
+	case !found:
 		return nil, syscall.ENOENT
 	}
 	if base := baseOf(clean); e.info.Name() != base {

@@ -108,6 +108,17 @@ func (o *Overlay) resolve(name string, follow bool) (entry, bool, error) {
 	return r.entry, r.found, nil
 }
 
+// lookupQuickly is resolve, answering without a lock where the cache has
+// a frozen answer. A caller that uses the entry's layer holds o.use, so
+// that the layer number stays that of the same layer (Commit renumbers
+// them); statName uses only the FileInfo.
+func (o *Overlay) lookupQuickly(name string, follow bool) (entry, bool, error) {
+	if e, found, ok := o.frozen(name, follow); ok {
+		return e, found, nil
+	}
+	return o.resolve(name, follow)
+}
+
 // hit returns the remembered walk of name, reading the FileInfo of an
 // upper entry afresh.
 func (o *Overlay) hit(name string, follow bool, cw *cachedWalk) (entry, bool, error) {

@@ -14,7 +14,7 @@ func (o *Overlay) openFile(name, clean string, flag int, perm os.FileMode) (afer
 	if flag&os.O_CREATE != 0 && !o.readOnly() {
 		return o.openCreate(name, clean, follow, flag, perm)
 	}
-	e, found, err := o.resolve(clean, follow)
+	e, found, err := o.lookupQuickly(clean, follow)
 	switch {
 	case err != nil:
 		return nil, err
@@ -85,19 +85,20 @@ func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *f
 // openReader opens e for reading. A handle on a lower file is tracked so that
 // it follows the file into the upper after a copy-up.
 func (o *Overlay) openReader(name string, e entry, flag int) (afero.File, error) {
-	var n *node
+	f := &file{o: o, name: name, flag: flag}
 	if !e.inUpper() {
-		n = o.handles.acquire(e.path)
+		f.node = &f.own
+		o.handles.acquire(e.path, f.node)
 	}
 	lf, err := o.layers[e.layer].open(e.src(), os.O_RDONLY, 0)
 	if err != nil {
-		if n != nil {
-			o.handles.release(n)
+		if f.node != nil {
+			o.handles.release(f.node)
 		}
 		return nil, err
 	}
-	f := &file{o: o, name: name, flag: flag, f: lf, node: n}
-	if n != nil {
+	f.f = lf
+	if n := f.node; n != nil {
 		f.gen = n.gen.Load()
 		if err := f.follow(); err != nil { // copied up while we opened it
 			_ = f.Close() // best effort: the handle was never returned
