@@ -1,0 +1,80 @@
+package overlay
+
+import (
+	"slices"
+	"testing"
+)
+
+// chainOf returns the ids of the nodes the set holds for name, in order.
+func chainOf(s *handleSet, name string, ids map[*node]int) []int {
+	var got []int
+	for n := s.nodes[name]; n != nil; n = n.next {
+		got = append(got, ids[n])
+	}
+	return got
+}
+
+func TestHandleSetChains(t *testing.T) {
+	tests := []struct {
+		name    string
+		release []int // handles 0..2 were acquired on "f" in order; release these
+		want    []int // the chain left, newest first
+	}{
+		{"none", nil, []int{2, 1, 0}},
+		{"newest", []int{2}, []int{1, 0}},
+		{"middle", []int{1}, []int{2, 0}},
+		{"oldest", []int{0}, []int{2, 1}},
+		{"all", []int{1, 2, 0}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s handleSet
+			nodes := make([]*node, 3)
+			ids := map[*node]int{}
+			for i := range nodes {
+				nodes[i] = new(node)
+				ids[nodes[i]] = i
+				s.acquire("f", nodes[i])
+			}
+			for _, i := range tt.release {
+				s.release(nodes[i])
+			}
+			if got := chainOf(&s, "f", ids); !slices.Equal(got, tt.want) {
+				t.Fatalf("chain = %v, want %v", got, tt.want)
+			}
+			if _, ok := s.nodes["f"]; ok != (len(tt.want) > 0) {
+				t.Fatalf("name kept = %v with %d handles left", ok, len(tt.want))
+			}
+		})
+	}
+}
+
+func TestHandleSetFollowsEveryHandle(t *testing.T) {
+	var s handleSet
+	a, b, c := new(node), new(node), new(node)
+	s.acquire("d/f", a)
+	s.acquire("d/f", b)
+	s.acquire("d/g", c)
+	up := layer{rooted: true}
+	s.copiedUp("d/f", up)
+	if a.gen.Load() != 1 || b.gen.Load() != 1 || c.gen.Load() != 0 {
+		t.Fatalf("copy-up of d/f: generations %d %d %d, want 1 1 0", a.gen.Load(), b.gen.Load(), c.gen.Load())
+	}
+	s.renamed("d", "e", up)
+	for n, want := range map[*node]string{a: "e/f", b: "e/f", c: "e/g"} {
+		if p, _, _ := s.where(n); p != want {
+			t.Errorf("after renaming d to e: a handle is at %q, want %q", p, want)
+		}
+	}
+	s.removed("e/f")
+	s.release(a) // no longer held: nothing to do, nothing to break
+	if s.nodes["e/f"] != nil || s.nodes["e/g"] != c {
+		t.Fatalf("after removing e/f: nodes = %v", s.nodes)
+	}
+	n := new(node)
+	s.acquire("e/f", n) // a new file at the old name
+	s.release(b)        // a handle on the removed file leaves the new one alone
+	if s.nodes["e/f"] != n {
+		t.Fatal("releasing a removed file's handle dropped the new file's")
+	}
+}
