@@ -124,16 +124,31 @@ func (o *Overlay) probeXattrs() error {
 	return nil
 }
 
-// clearWhiteout removes the whiteout device that the walk r found at the
-// name p, which is about to be created, in a kernel-format upper: there the
-// whiteout holds the name itself. The OCI format drops its whiteout after
-// the name is created (entryAdded). The caller holds o.mu for writing.
-func (o *Overlay) clearWhiteout(p string, r resolved) error {
+// overDevice reports whether the name the walk r did not find is held by a
+// whiteout device, in a kernel-format upper. A name created there replaces
+// the device in one step, as the kernel's create over a whiteout does: it is
+// built in the work directory and put in place by placeOverDevice. The OCI
+// format drops its whiteout, a file of its own, after the name is created
+// (entryAdded).
+func (o *Overlay) overDevice(r resolved) bool {
+	return r.whiteout && o.layers[0].noOCI
+}
+
+// placeOverDevice renames tmp, finished in the work directory, to the name
+// p that a whiteout device holds, in one step: rename(2) replaces a device
+// with a non-directory, and a directory is exchanged with it
+// (RENAME_EXCHANGE), the device then being removed from the work
+// directory. The caller holds o.mu for writing.
+func (o *Overlay) placeOverDevice(tmp, p string, dir bool) error {
 	up := o.layers[0]
-	if !up.noOCI || !r.whiteout {
-		return nil
+	if !dir {
+		return up.rename(tmp, p)
 	}
-	return up.dropWhiteout(p)
+	if err := up.exchange(tmp, p); err != nil {
+		return err
+	}
+	o.discard(tmp)
+	return nil
 }
 
 // whiteOutUpper replaces the upper entry name (a directory with whatever it
@@ -248,5 +263,5 @@ func (o *Overlay) moveRedirect(src, dst resolved, to string, lowerOld bool) erro
 	if err := up.setRedirect(src.path, "/"+src.lowerPath()); err != nil {
 		return err
 	}
-	return o.moveUpper(src.path, to, lowerOld)
+	return o.moveUpper(src, dst, lowerOld)
 }

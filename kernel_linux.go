@@ -97,6 +97,23 @@ func (l layer) renameWhiteout(from, to string) error {
 	return nil
 }
 
+// exchange swaps the names a and b in the kernel-format layer l in one
+// step (RENAME_EXCHANGE).
+func (l layer) exchange(a, b string) error {
+	pa, err := l.realName(a)
+	if err != nil {
+		return err
+	}
+	pb, err := l.realName(b)
+	if err != nil {
+		return err
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, pa, unix.AT_FDCWD, pb, unix.RENAME_EXCHANGE); err != nil {
+		return &fs.PathError{Op: "rename", Path: a, Err: err}
+	}
+	return nil
+}
+
 // copyHostXattrs copies the xattrs of the host file from to the host file
 // to, leaving out the overlay's own (trusted.overlay.*, user.overlay.*).
 // Symlinks cannot hold user.* xattrs on Linux, so none is copied to one,

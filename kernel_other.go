@@ -17,6 +17,7 @@ func (layer) setOpaqueXattr(string) error         { return syscall.ENOTSUP }
 func (layer) clearOpaqueXattr(string) error       { return syscall.ENOTSUP }
 func (layer) mknodWhiteout(string) error          { return syscall.ENOTSUP }
 func (layer) renameWhiteout(string, string) error { return syscall.ENOTSUP }
+func (layer) exchange(string, string) error       { return syscall.ENOTSUP }
 func copyHostXattrs(string, string, bool) error   { return syscall.ENOTSUP }
 
 func (layer) redirect(string) (string, bool, error) { return "", false, nil }

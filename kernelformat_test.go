@@ -540,3 +540,68 @@ func (l *lockstep) randomOps(rt *rapid.T, max int) {
 		}
 	}
 }
+
+// TestKernelFormatReplacesWhiteoutsInOneStep checks that creating a name
+// over a whiteout device in a kernel-format upper (a file, a directory, a
+// symlink, a file or a directory renamed there) never leaves the name
+// without both: a watcher looking at the upper directory all along must see
+// the device or the new entry, never nothing, which would show the lower
+// copy again.
+func TestKernelFormatReplacesWhiteoutsInOneStep(t *testing.T) {
+	kernelOracle(t)
+	s := newKernelFormatStack(t, layerSpec{"x": specFile("lower", 0o644)})
+	o := s.o
+	ops := []struct {
+		name string
+		do   func() error
+	}{
+		{"create", func() error { return afero.WriteFile(o, "x", []byte("new"), 0o644) }},
+		{"mkdir", func() error { return o.Mkdir("x", 0o755) }},
+		{"symlink", func() error { return o.SymlinkIfPossible("target", "x") }},
+		{"rename a file", func() error {
+			if err := afero.WriteFile(o, "f", nil, 0o644); err != nil {
+				return err
+			}
+			return o.Rename("f", "x")
+		}},
+		{"rename a directory", func() error {
+			if err := o.Mkdir("d", 0o755); err != nil {
+				return err
+			}
+			return o.Rename("d", "x")
+		}},
+	}
+	host := filepath.Join(s.upper, "x")
+	for _, op := range ops {
+		t.Run(op.name, func(t *testing.T) {
+			stop := make(chan struct{})
+			gaps := make(chan int)
+			go func() {
+				n := 0
+				for {
+					select {
+					case <-stop:
+						gaps <- n
+						return
+					default:
+					}
+					if _, err := os.Lstat(host); errors.Is(err, fs.ErrNotExist) {
+						n++
+					}
+				}
+			}()
+			for range 200 {
+				if err := o.RemoveAll("x"); err != nil {
+					t.Fatalf("RemoveAll: %v", err)
+				}
+				if err := op.do(); err != nil {
+					t.Fatalf("%s over the whiteout: %v", op.name, err)
+				}
+			}
+			close(stop)
+			if n := <-gaps; n > 0 {
+				t.Fatalf("the upper held nothing at x %d times: the lower copy showed through", n)
+			}
+		})
+	}
+}

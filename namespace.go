@@ -29,9 +29,6 @@ func (o *Overlay) mkdir(name string, perm os.FileMode) error {
 		return err
 	}
 	p := r.path
-	if err := o.clearWhiteout(p, r); err != nil {
-		return err
-	}
 	if r.whiteout {
 		err = o.mkdirOpaque(p, perm)
 	} else {
@@ -87,7 +84,10 @@ func (o *Overlay) mkdirOpaque(p string, perm os.FileMode) error {
 	if err == nil {
 		err = up.fs.Chmod(up.path(tmp), perm&modeBits)
 	}
-	if err == nil {
+	switch {
+	case err == nil && up.noOCI:
+		err = o.placeOverDevice(tmp, p, true)
+	case err == nil:
 		err = up.rename(tmp, p)
 	}
 	if err != nil {
@@ -172,10 +172,20 @@ func (o *Overlay) symlink(target, name string) error {
 		return err
 	}
 	p := r.path
-	if err := o.clearWhiteout(p, r); err != nil {
-		return err
+	up := o.layers[0]
+	if !o.overDevice(r) {
+		if err := up.symlink(target, p); err != nil {
+			return err
+		}
+		return o.entryAdded(p, r)
 	}
-	if err := o.layers[0].symlink(target, p); err != nil {
+	tmp := o.tmpName()
+	err = up.symlink(target, tmp)
+	if err == nil {
+		err = o.placeOverDevice(tmp, p, false)
+	}
+	if err != nil {
+		o.discard(tmp)
 		return err
 	}
 	return o.entryAdded(p, r)

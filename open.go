@@ -134,17 +134,25 @@ func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (a
 	if err := o.ensureUpperParent(r); err != nil {
 		return nil, err
 	}
-	if err := o.clearWhiteout(p, r); err != nil {
-		return nil, err
+	at := p
+	if o.overDevice(r) {
+		at = o.tmpName()
 	}
 	up := o.layers[0]
-	lf, err := up.open(p, flag&^os.O_TRUNC|os.O_CREATE|os.O_EXCL, perm)
+	lf, err := up.open(at, flag&^os.O_TRUNC|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		return nil, err
 	}
-	if err := o.finishCreate(p, r, lf, perm); err != nil {
-		_ = lf.Close()   // best effort: the create is undone below
-		_ = up.remove(p) // best effort: a leftover empty file is a valid state
+	err = o.setCreatedMode(at, lf, perm)
+	if err == nil && at != p {
+		err = o.placeOverDevice(at, p, false)
+	}
+	if err == nil {
+		err = o.entryAdded(p, r)
+	}
+	if err != nil {
+		_ = lf.Close()    // best effort: the create is undone below
+		_ = up.remove(at) // best effort: a leftover empty file is a valid state
 		return nil, err
 	}
 	return o.writeHandle(name, flag, lf, p), nil
@@ -159,24 +167,18 @@ func (o *Overlay) ensureUpperParent(r resolved) error {
 	return o.ensureUpperDir(r.parent.path)
 }
 
-// finishCreate gives the new upper file p exactly perm (the upper may have
-// applied a umask), drops a whiteout it replaces and updates its parent's
-// times. The caller holds o.mu for writing.
-func (o *Overlay) finishCreate(p string, r resolved, lf afero.File, perm os.FileMode) error {
+// setCreatedMode gives the new upper file p, open as lf, exactly perm: the
+// upper may have applied a umask.
+func (o *Overlay) setCreatedMode(p string, lf afero.File, perm os.FileMode) error {
 	up := o.layers[0]
 	if up.exactPerms {
-		return o.entryAdded(p, r)
+		return nil
 	}
 	fi, err := lf.Stat()
-	if err != nil {
+	if err != nil || fi.Mode()&modeBits == perm&modeBits {
 		return err
 	}
-	if fi.Mode()&modeBits != perm&modeBits {
-		if err := chmodOpened(up, p, lf, perm&modeBits); err != nil {
-			return err
-		}
-	}
-	return o.entryAdded(p, r)
+	return chmodOpened(up, p, lf, perm&modeBits)
 }
 
 // chmodOpened sets the mode of the upper file p, open as lf: through the

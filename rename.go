@@ -80,9 +80,6 @@ func (o *Overlay) move(src, dst resolved) error {
 		return err
 	}
 	to := dst.path
-	if err := o.clearWhiteout(to, dst); err != nil {
-		return err
-	}
 	lowerOld, err := o.inLowers(src.parent, src.base)
 	if err != nil {
 		return err
@@ -100,7 +97,7 @@ func (o *Overlay) move(src, dst resolved) error {
 	case src.isDir():
 		err = o.moveUpperDir(src, dst, to, lowerOld)
 	default:
-		err = o.moveUpper(src.path, to, lowerOld)
+		err = o.moveUpper(src, dst, lowerOld)
 	}
 	if err != nil {
 		return err
@@ -112,11 +109,21 @@ func (o *Overlay) move(src, dst resolved) error {
 	return o.touchDir(src.parent.path)
 }
 
-// moveUpper renames the upper name from to to, first whiting out from if a
-// lower layer would show it afterwards.
-func (o *Overlay) moveUpper(from, to string, lowerOld bool) error {
+// moveUpper renames the upper entry src to dst's name, first whiting out
+// src's name if a lower layer would show it afterwards. Over a whiteout
+// device (kernel format), a non-directory replaces it in the rename, and a
+// directory is exchanged with it: the device then whites out the old name,
+// or is removed if nothing needs whiting out there.
+func (o *Overlay) moveUpper(src, dst resolved, lowerOld bool) error {
 	up := o.layers[0]
-	if lowerOld && up.noOCI {
+	from, to := src.path, dst.path
+	switch {
+	case o.overDevice(dst) && src.isDir():
+		if err := up.exchange(from, to); err != nil || lowerOld {
+			return err
+		}
+		return up.dropWhiteout(from)
+	case lowerOld && up.noOCI:
 		return up.renameWhiteout(from, to)
 	}
 	if lowerOld {
@@ -145,7 +152,7 @@ func (o *Overlay) moveUpperDir(src, dst resolved, to string, lowerOld bool) erro
 			return err
 		}
 	}
-	return o.moveUpper(src.path, to, lowerOld)
+	return o.moveUpper(src, dst, lowerOld)
 }
 
 // moveMerged renames a directory that lower layers contribute to. The OCI
