@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -372,6 +373,13 @@ func TestKernelRedirectedLowers(t *testing.T) {
 			}
 		}
 	})
+	requireRedirects(t, checks, redirected)
+}
+
+// requireRedirects fails t if too few of its random checks had redirects
+// in their lowers for the test to be testing them.
+func requireRedirects(t *testing.T, checks, redirected int) {
+	t.Helper()
 	t.Logf("%d of %d checks had redirects in their lowers", redirected, checks)
 	if checks >= 20 && redirected < checks/10 {
 		t.Errorf("only %d of %d checks had redirects in their lowers: the generator no longer tests them", redirected, checks)
@@ -379,11 +387,11 @@ func TestKernelRedirectedLowers(t *testing.T) {
 }
 
 // mountedDirs returns the directories of the operation pool that fsys
-// shows.
+// shows (not symlinks to them).
 func mountedDirs(fsys afero.Fs) []string {
 	var dirs []string
 	for _, p := range poolPaths {
-		if fi, err := fsys.Stat(p); err == nil && fi.IsDir() {
+		if fi, err := lstatAny(fsys, p); err == nil && fi.IsDir() {
 			dirs = append(dirs, p)
 		}
 	}
@@ -418,4 +426,134 @@ func errString(p string) error {
 		return nil
 	}
 	return errors.New(p)
+}
+
+// TestKernelCommitRedirects commits a FormatKernel upper that random
+// operations (renames weighted up) filled with redirects: the committed
+// upper is then a lower with redirects. Random operations go on in
+// lockstep with the kernel mounted on the committed stack, and the kernel
+// mounted at the end on the overlay's new upper must show its tree.
+func TestKernelCommitRedirects(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
+	checks, redirected := 0, 0
+	rapid.Check(t, func(rt *rapid.T) {
+		l2 := drawLayer(rt, "L2", nil, true)
+		specs := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
+		oracle, err := kernelMount(rt, specs...)
+		if err != nil {
+			rt.Fatalf("mounting the kernel oracle: %v", err)
+		}
+		s := newKernelFormatStack(rt, specs...)
+		before := &lockstep{oracle: oracle, subject: s.o, oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: specs}
+		before.renameDirs(rt, 5)
+		before.randomOps(rt, 25)
+		committed := (&kernelFormatStack{base: s.base, lowers: append([]string{s.upper}, s.lowers...)}).withUpper(rt, "c")
+		if err := s.o.Commit(afero.NewBasePathFs(afero.NewOsFs(), committed.upper)); err != nil {
+			rt.Fatalf("Commit: %v", err)
+		}
+		checks++
+		if countRedirects(rt, s.upper) > 0 {
+			redirected++
+		}
+		after := &lockstep{oracle: committed.withUpper(rt, "ck").mountOn(rt), subject: s.o,
+			oracleName: "kernel on the committed stack", subjectName: "overlay (kernel format, committed)", lowers: specs}
+		if p := after.checkTree(); p != "" {
+			rt.Fatal(after.report("after Commit: " + p))
+		}
+		after.randomOps(rt, 25)
+		k := committed.mountOn(rt)
+		if err := errors.Join(checkSameTree(k, s.o), checkSameLookups(k, s.o)); err != nil {
+			rt.Fatalf("the kernel mounted on the overlay's new upper shows another tree:\n%v", err)
+		}
+	})
+	requireRedirects(t, checks, redirected)
+}
+
+// renameDirs renames up to max directories the oracle shows to names of
+// the operation pool, in lockstep: renames of merged directories leave
+// redirects in a kernel-format upper.
+func (l *lockstep) renameDirs(rt *rapid.T, max int) {
+	for i, n := 0, rapid.IntRange(0, max).Draw(rt, "directory renames"); i < n; i++ {
+		dirs := mountedDirs(l.oracle)
+		if len(dirs) == 0 {
+			return
+		}
+		op := doRename(rapid.SampledFrom(dirs).Draw(rt, "directory"), rapid.SampledFrom(poolPaths).Draw(rt, "to"))
+		if climbsOut(l.oracle, op) {
+			continue
+		}
+		if _, _, p := l.apply(op); p != "" {
+			rt.Fatal(l.report(p))
+		}
+		if p := l.checkTree(); p != "" {
+			rt.Fatal(l.report(p))
+		}
+	}
+}
+
+// TestKernelExportRedirects checks Changes and ExportLayer of a
+// FormatKernel upper holding redirects, over lowers that hold redirects
+// too (made by the kernel): the exported layer applied over the flattened
+// lowers, and stacked over the lowers as a TarFs, must give the overlay's
+// merged view, and Changes must agree with the layer and the trees before
+// and after, as for an OCI upper (ltRoundTrip). Random operations run in
+// lockstep with the kernel first.
+func TestKernelExportRedirects(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", "100")
+	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
+	checks, redirected := 0, 0
+	rapid.Check(t, func(rt *rapid.T) {
+		l2 := drawLayer(rt, "L2", nil, true)
+		specs := []layerSpec{drawLayer(rt, "L1", l2, true), l2}
+		s := buildKernelFormatDirs(rt, "ovlke-", specs)
+		kernelStage(rt, s, "U1", 15)
+		stack := (&kernelFormatStack{base: s.base, lowers: append([]string{s.upper}, s.lowers...)}).withUpper(rt, "x")
+		o := stack.open(rt, nil)
+		ls := &lockstep{oracle: stack.withUpper(rt, "xk").mountOn(rt), subject: o, oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: specs}
+		ls.renameDirs(rt, 5)
+		ls.randomOps(rt, 20)
+		checks++
+		if countRedirects(rt, stack.upper) > 0 {
+			redirected++
+		}
+		checkExportedLayer(rt, o, stack.lowers)
+	})
+	requireRedirects(t, checks, redirected)
+}
+
+// checkExportedLayer checks ExportLayer and Changes of o, whose lowers
+// are the host directories lowers, as ltRoundTrip does.
+func checkExportedLayer(rt *rapid.T, o *Overlay, lowers []string) {
+	var ls []afero.Fs
+	for _, dir := range lowers {
+		ls = append(ls, afero.NewBasePathFs(afero.NewOsFs(), dir))
+	}
+	ro, err := New(nil, ls)
+	ltMust(rt, err)
+	disk := func() afero.Fs { return afero.NewBasePathFs(afero.NewOsFs(), harnessTempDir(rt)) }
+	applied := disk()
+	ltMust(rt, Flatten(applied, ro))
+	before, err := ltWalk(applied)
+	ltMust(rt, err)
+	layer := ltExport(rt, o)
+	ltMust(rt, ApplyLayer(applied, bytes.NewReader(layer)))
+	want := disk()
+	ltMust(rt, Flatten(want, o))
+	if err := ltDiff(want, applied, true); err != nil {
+		rt.Fatalf("ApplyLayer(lowers, ExportLayer(upper)) differs from the merged view:\n%v\nlayer: %v", err, ltListing(ltHeaders(rt, layer)))
+	}
+	restacked := disk()
+	ltMust(rt, Flatten(restacked, ltRestack(rt, layer, ls)))
+	if err := ltDiff(want, restacked, true); err != nil {
+		rt.Fatalf("the layer stacked as a TarFs lower differs from the merged view:\n%v", err)
+	}
+	after, err := ltWalk(want)
+	ltMust(rt, err)
+	if err := ltCheckChanges(o, ltHeaders(rt, layer), before, after); err != nil {
+		ch, _ := o.Changes()
+		rt.Fatalf("Changes() disagrees with the layer:\n%v\nchanges: %v\nlayer: %v", err, ch, ltListing(ltHeaders(rt, layer)))
+	}
 }
