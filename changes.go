@@ -73,6 +73,11 @@ func (c Change) String() string {
 // copied up is not reported. A deleted directory is reported alone, not
 // its contents; an opaque directory reports each lower name it hides as
 // Deleted. The root is never reported. A read-only overlay has no changes.
+// A kernel-format upper's redirected directory counts as copied up whole
+// and opaque, as ExportLayer writes it: it and what it shows are Added
+// where the lowers show nothing at its name, Modified where they do, and
+// the lower names it hides are Deleted; its old name, whited out, is
+// Deleted.
 //
 // Changes holds the overlay's read lock while it walks the upper, so it
 // sees one state of the namespace.

@@ -37,6 +37,13 @@ func ClampTimes(t time.Time) ExportOption {
 // entry once the layer is unpacked for it. Wrap w in a gzip.Writer for a
 // compressed layer.
 //
+// A kernel-format upper's redirected directory (renamed with a redirect
+// xattr), which the OCI format cannot express, is written out whole, as the
+// OCI format renames a directory: opaque, holding every entry the merged
+// view shows in it and beneath it, read from whichever layer holds it. The
+// lowers' redirects need nothing: the layer is exported against the view
+// they give.
+//
 // The output is deterministic: entries come parents first and in name order
 // within a directory (an opaque marker right after its directory), and no
 // user or group name, access time or other host detail is written, so the
