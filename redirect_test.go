@@ -557,3 +557,35 @@ func checkExportedLayer(rt *rapid.T, o *Overlay, lowers []string) {
 		rt.Fatalf("Changes() disagrees with the layer:\n%v\nchanges: %v\nlayer: %v", err, ch, ltListing(ltHeaders(rt, layer)))
 	}
 }
+
+// TestLowerRedirectUserXattr checks that WithUserXattr refuses a lower's
+// user.overlay.redirect with EPERM (also ErrRedirect), as the kernel's
+// userxattr option (redirect_dir=nofollow) does.
+func TestLowerRedirectUserXattr(t *testing.T) {
+	kernelOracle(t)
+	s := buildKernelFormatDirs(t, "ovlru-", []layerSpec{{"new": specDir(0o755)}, {"old/f": specFile("f", 0o644)}})
+	if err := unix.Lsetxattr(filepath.Join(s.lowers[0], "new"), "user.overlay.redirect", []byte("/old"), 0); err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	mnt := t.TempDir()
+	if err := syscall.Mount("overlay", mnt, "overlay", 0, "lowerdir="+strings.Join(s.lowers, ":")+",userxattr"); err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	defer func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) }()
+	if _, err := os.Stat(filepath.Join(mnt, "new")); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("kernel: Stat(new) = %v, want EPERM (the row is out of date)", err)
+	}
+	var ls []afero.Fs
+	for _, dir := range s.lowers {
+		ls = append(ls, afero.NewBasePathFs(afero.NewOsFs(), dir))
+	}
+	o, err := New(nil, ls, WithUserXattr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = o.Stat("new")
+	var pe *fs.PathError
+	if !errors.Is(err, syscall.EPERM) || !errors.Is(err, ErrRedirect) || !errors.As(err, &pe) || pe.Path != "new" {
+		t.Errorf("Stat(new) = %v, want a *fs.PathError for new matching EPERM and ErrRedirect", err)
+	}
+}
