@@ -73,6 +73,11 @@ func (c Change) String() string {
 // copied up is not reported. A deleted directory is reported alone, not
 // its contents; an opaque directory reports each lower name it hides as
 // Deleted. The root is never reported. A read-only overlay has no changes.
+// A kernel-format upper's redirected directory counts as copied up whole
+// and opaque, as ExportLayer writes it: it and what it shows are Added
+// where the lowers show nothing at its name, Modified where they do, and
+// the lower names it hides are Deleted; its old name, whited out, is
+// Deleted.
 //
 // Changes holds the overlay's read lock while it walks the upper, so it
 // sees one state of the namespace.
@@ -93,37 +98,13 @@ func (o *Overlay) Changes() ([]Change, error) {
 
 // changes is Changes's worker. The caller holds o.mu for reading.
 func (o *Overlay) changes() ([]Change, error) {
-	lower, ok, err := o.lowerRoot()
+	lower, err := o.lowerOnly(".")
 	if err != nil {
 		return nil, pathErr("changes", ".", err)
 	}
 	w := changeWalker{o: o}
-	_, err = w.dir(".", lower, ok, false)
+	_, err = w.dir(".", lower, false, false)
 	return w.out, err
-}
-
-// lowerRoot returns the root of the view the lower layers give without the
-// upper, and whether there are lowers at all.
-func (o *Overlay) lowerRoot() (entry, bool, error) {
-	var dirs []int
-	for i := 1; i < len(o.layers); i++ {
-		dirs = append(dirs, i)
-		opaque, err := o.layers[i].isOpaque(".")
-		if err != nil {
-			return entry{}, false, err
-		}
-		if opaque {
-			break
-		}
-	}
-	if len(dirs) == 0 {
-		return entry{}, false, nil
-	}
-	info, err := o.layers[dirs[0]].lstat(".")
-	if err != nil {
-		return entry{}, false, err
-	}
-	return entry{path: ".", layer: dirs[0], info: info, dirs: dirs}, true, nil
 }
 
 // changeWalker collects the changes of one Changes call. The caller holds
@@ -146,13 +127,25 @@ type upperListing struct {
 	opaque    bool
 }
 
-// readUpperDir lists the upper directory p.
-func (w *changeWalker) readUpperDir(p string) (upperListing, error) {
-	list, err := w.o.layers[0].readDir(p)
+// readUpperDir lists the upper directory p. Below a directory that a
+// redirect (kernel format) moved, whole is set or becomes set: there the
+// listing is the merged one and counts as opaque, as if the directory had
+// been copied up whole, which is what the OCI format does to rename it.
+func (w *changeWalker) readUpperDir(p string, whole bool) (upperListing, bool, error) {
+	whole, err := w.o.movedWhole(p, whole)
 	if err != nil {
-		return upperListing{}, pathErr("changes", p, err)
+		return upperListing{}, false, pathErr("changes", p, err)
 	}
-	d := upperListing{present: make(map[string]bool, len(list))}
+	var list []fs.FileInfo
+	if whole {
+		list, err = w.o.mergedListing(p)
+	} else {
+		list, err = w.o.layers[0].readDir(p)
+	}
+	if err != nil {
+		return upperListing{}, false, pathErr("changes", p, err)
+	}
+	d := upperListing{present: make(map[string]bool, len(list)), opaque: whole}
 	for _, fi := range list {
 		name := fi.Name()
 		h, wh := hiddenName(name)
@@ -166,28 +159,29 @@ func (w *changeWalker) readUpperDir(p string) (upperListing, error) {
 			d.present[name] = true
 		}
 	}
-	return d, nil
+	return d, whole, nil
 }
 
 // dir reports the changes in the upper directory p. lower is the directory
-// the lowers alone show at p, if hasLower; cut says an ancestor is opaque,
-// so that the lowers do not merge into p in the merged view. It returns
-// whether a name directly in p was added or deleted.
-func (w *changeWalker) dir(p string, lower entry, hasLower, cut bool) (bool, error) {
-	d, err := w.readUpperDir(p)
+// the lowers alone show at p, if found; cut says an ancestor is opaque, so
+// that the lowers do not merge into p in the merged view, and whole that an
+// ancestor was moved by a redirect. It returns whether a name directly in p
+// was added or deleted.
+func (w *changeWalker) dir(p string, lower lowerEntry, cut, whole bool) (bool, error) {
+	d, whole, err := w.readUpperDir(p, whole)
 	if err != nil {
 		return false, err
 	}
 	d.opaque = d.opaque || cut
 	listed := false
 	for _, fi := range d.names {
-		added, err := w.child(join(p, fi.Name()), fi, lower, hasLower, d.opaque)
+		added, err := w.child(join(p, fi.Name()), fi, lower, d.opaque, whole)
 		if err != nil {
 			return false, err
 		}
 		listed = listed || added
 	}
-	if !hasLower {
+	if !lower.found {
 		return listed, nil
 	}
 	deleted, err := w.deletions(p, d, lower)
@@ -200,20 +194,19 @@ func (w *changeWalker) dir(p string, lower entry, hasLower, cut bool) (bool, err
 // child reports the changes at the upper name q, described by fi, and
 // beneath it; cut says the lowers do not merge into q. It returns whether
 // q was added.
-func (w *changeWalker) child(q string, fi fs.FileInfo, lower entry, hasLower, cut bool) (bool, error) {
-	var le entry
-	found := false
-	if hasLower {
+func (w *changeWalker) child(q string, fi fs.FileInfo, lower lowerEntry, cut, whole bool) (bool, error) {
+	var le lowerEntry
+	if lower.found {
 		var err error
-		if le, found, err = w.o.child(lower, baseOf(q), lower.dirs); err != nil {
+		if le, err = w.o.lowerOnly(q); err != nil {
 			return false, pathErr("changes", q, err)
 		}
 	}
 	switch {
-	case !found:
+	case !le.found:
 		w.add(q, Added)
 	case fi.IsDir() && le.isDir():
-		listed, err := w.dir(q, le, true, cut)
+		listed, err := w.dir(q, le, cut, whole)
 		if listed || metaDiffers(fi, le.info) {
 			w.add(q, Modified)
 		}
@@ -222,32 +215,32 @@ func (w *changeWalker) child(q string, fi fs.FileInfo, lower entry, hasLower, cu
 		w.add(q, Modified)
 	}
 	if fi.IsDir() {
-		_, err := w.dir(q, entry{}, false, cut)
-		return !found, err
+		_, err := w.dir(q, lowerEntry{}, cut, whole)
+		return !le.found, err
 	}
-	return !found, nil
+	return !le.found, nil
 }
 
 // deletions reports the lower names that the upper directory d, at p,
 // deletes: those its whiteouts hide and, if it is opaque or beneath an
 // opaque directory, every other lower name it does not hold itself. It returns whether there was any.
-func (w *changeWalker) deletions(p string, d upperListing, lower entry) (bool, error) {
+func (w *changeWalker) deletions(p string, d upperListing, lower lowerEntry) (bool, error) {
 	deleted := make(map[string]bool)
 	for _, h := range d.whiteouts {
 		if d.present[h] || deleted[h] {
 			continue
 		}
-		_, found, err := w.o.child(lower, h, lower.dirs)
+		le, err := w.o.lowerOnly(join(p, h))
 		if err != nil {
 			return false, err
 		}
-		if found {
+		if le.found {
 			deleted[h] = true
 			w.add(join(p, h), Deleted)
 		}
 	}
 	if d.opaque {
-		list, err := w.lowerListing(lower)
+		list, err := w.o.lowerListing(lower)
 		if err != nil {
 			return false, err
 		}
@@ -259,19 +252,6 @@ func (w *changeWalker) deletions(p string, d upperListing, lower entry) (bool, e
 		}
 	}
 	return len(deleted) > 0, nil
-}
-
-// lowerListing returns the merged listing of the lower directory e.
-func (w *changeWalker) lowerListing(e entry) ([]fs.FileInfo, error) {
-	listings := make([][]fs.FileInfo, 0, len(e.dirs))
-	for _, i := range e.dirs {
-		list, err := w.o.layers[i].readDir(e.path)
-		if err != nil {
-			return nil, err
-		}
-		listings = append(listings, list)
-	}
-	return mergeDir(listings), nil
 }
 
 // metaDiffers reports whether two copies of a directory differ in mode,

@@ -24,7 +24,12 @@ import (
 // The OCI format cannot express a redirected directory (one the kernel
 // renamed with redirect_dir=on), so converting a layer that holds one to
 // FormatOCI fails with an error matching [ErrRedirect] before anything is
-// changed. A whiteout ".wh.NAME" beside an entry NAME is EEXIST.
+// changed. Materialising it, as the OCI format renames a directory (copied
+// whole, opaque), needs what the redirect points at, which is in the layers
+// below, not in the layer itself: open the layer as a FormatKernel upper
+// over its lowers and use [ExportLayer], which writes the redirected
+// directories out whole. A whiteout ".wh.NAME" beside an entry NAME is
+// EEXIST.
 // Options other than WithUserXattr are ignored.
 // If there is an error, it will be of type [*fs.PathError].
 func Convert(layer afero.Fs, to Format, opts ...Option) error {

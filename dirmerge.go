@@ -59,7 +59,7 @@ func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
 	if len(lowers) == 0 {
 		return upper, nil
 	}
-	below, err := o.lowerListing(entry{path: e.lowerPath(), dirs: lowers})
+	below, err := o.lowerListingAt(e.lowerPath())
 	if err != nil {
 		return nil, err
 	}

@@ -37,6 +37,13 @@ func ClampTimes(t time.Time) ExportOption {
 // entry once the layer is unpacked for it. Wrap w in a gzip.Writer for a
 // compressed layer.
 //
+// A kernel-format upper's redirected directory (renamed with a redirect
+// xattr), which the OCI format cannot express, is written out whole, as the
+// OCI format renames a directory: opaque, holding every entry the merged
+// view shows in it and beneath it, read from whichever layer holds it. The
+// lowers' redirects need nothing: the layer is exported against the view
+// they give.
+//
 // The output is deterministic: entries come parents first and in name order
 // within a directory (an opaque marker right after its directory), and no
 // user or group name, access time or other host detail is written, so the
@@ -53,11 +60,11 @@ func ExportLayer(w io.Writer, o *Overlay, opts ...ExportOption) error {
 	for _, opt := range opts {
 		opt(&cfg)
 	}
-	up, entries, err := o.exportSnapshot()
+	layers, entries, err := o.exportSnapshot()
 	if err != nil {
 		return err
 	}
-	x := exporter{up: up, tw: tar.NewWriter(w), cfg: cfg}
+	x := exporter{layers: layers, tw: tar.NewWriter(w), cfg: cfg}
 	return x.writeAll(entries)
 }
 
@@ -79,26 +86,27 @@ type exportEntry struct {
 	name   string      // the overlay name: "a/b"
 	info   fs.FileInfo // as Lstat describes it
 	target string      // a symlink's target
+	layer  int         // the layer holding the content: 0, or a lower below a redirect
+	src    string      // the name in that layer, if not name
 }
 
 // exportSnapshot lists the upper's names in export order under the
-// overlay's read lock, and returns them with the upper they come from.
-func (o *Overlay) exportSnapshot() (layer, []exportEntry, error) {
+// overlay's read lock, and returns them with the layers they come from.
+func (o *Overlay) exportSnapshot() ([]layer, []exportEntry, error) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
-	up := o.layers[0]
-	if up.fs == nil {
-		return up, nil, nil
+	if o.layers[0].fs == nil {
+		return o.layers, nil, nil
 	}
-	lower, ok, err := o.lowerRoot()
+	lower, err := o.lowerOnly(".")
 	if err != nil {
-		return up, nil, pathErr("export", ".", err)
+		return nil, nil, pathErr("export", ".", err)
 	}
-	s := snapshotter{o: o, up: up}
-	if err := s.dir(".", lower, ok, false); err != nil {
-		return up, nil, err
+	s := snapshotter{o: o, up: o.layers[0]}
+	if err := s.dir(".", lower, false, false); err != nil {
+		return nil, nil, err
 	}
-	return up, s.out, nil
+	return o.layers, s.out, nil
 }
 
 // snapshotter lists the upper for one ExportLayer call. The caller holds
@@ -110,12 +118,21 @@ type snapshotter struct {
 }
 
 // dir appends the entries of the upper directory dir, and those beneath
-// it, in export order. lower is what the lowers alone show at dir, if
-// hasLower; cut says an ancestor is opaque. Internal names (the work
-// directory) are left out, and so are whiteouts that hide nothing: in an
-// opaque directory, or of a name the lowers do not show. The kernel lists
-// such a whiteout as a broken entry once a layer is unpacked for it.
-func (s *snapshotter) dir(dir string, lower entry, hasLower, cut bool) error {
+// it, in export order. lower is what the lowers alone show at dir; cut says
+// an ancestor is opaque. Internal names (the work directory) are left out,
+// and so are whiteouts that hide nothing: in an opaque directory, or of a
+// name the lowers do not show. The kernel lists such a whiteout as a broken
+// entry once a layer is unpacked for it. A directory that a redirect moved
+// (kernel format) is exported whole, as the OCI format renames one: opaque,
+// with everything the merged view shows in it; whole says an ancestor was.
+func (s *snapshotter) dir(dir string, lower lowerEntry, cut, whole bool) error {
+	moved, err := s.o.movedWhole(dir, whole)
+	if err != nil {
+		return pathErr("export", dir, err)
+	}
+	if moved {
+		return s.movedDir(dir, !whole)
+	}
 	list, err := s.up.readDir(dir)
 	if err != nil {
 		return pathErr("export", dir, err)
@@ -128,32 +145,68 @@ func (s *snapshotter) dir(dir string, lower entry, hasLower, cut bool) error {
 			continue
 		}
 		if h, ok := hiddenName(name); ok {
-			if keep, err := s.hides(lower, hasLower && !cut, h); err != nil || !keep {
+			if keep, err := s.hides(lower, !cut, join(dir, h)); err != nil || !keep {
 				if err != nil {
 					return pathErr("export", join(dir, name), err)
 				}
 				continue
 			}
 		}
-		if err := s.add(join(dir, name), fi, lower, hasLower, cut); err != nil {
+		if err := s.add(join(dir, name), fi, lower, cut); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// hides reports whether a whiteout of name in a directory whose lower view
-// is lower (if hasLower) hides anything.
-func (s *snapshotter) hides(lower entry, hasLower bool, name string) (bool, error) {
-	if !hasLower {
+// movedDir appends what the merged view shows in the directory dir, which
+// a redirect moved, and beneath it, read from the layers that hold it; top
+// says dir is the moved directory itself, which gets an opaque marker.
+func (s *snapshotter) movedDir(dir string, top bool) error {
+	if top {
+		s.out = append(s.out, exportEntry{name: join(dir, opaqueMarker), info: frozenInfo{name: opaqueMarker, mode: markerMode}})
+	}
+	list, err := s.o.mergedListing(dir)
+	if err != nil {
+		return pathErr("export", dir, err)
+	}
+	for _, fi := range list {
+		p := join(dir, fi.Name())
+		r, err := s.o.walk(p, false)
+		if err == nil && !r.found {
+			err = syscall.ENOENT
+		}
+		if err != nil {
+			return pathErr("export", p, err)
+		}
+		e := exportEntry{name: p, info: r.info, layer: r.layer, src: r.src()}
+		if r.isSymlink() {
+			if e.target, err = s.o.layers[r.layer].readlink(e.src); err != nil {
+				return pathErr("export", p, err)
+			}
+		}
+		s.out = append(s.out, e)
+		if r.isDir() {
+			if err := s.movedDir(p, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// hides reports whether a whiteout of the name p hides anything, where the
+// lowers alone show lower at p's parent and merge, if they do.
+func (s *snapshotter) hides(lower lowerEntry, merge bool, p string) (bool, error) {
+	if !merge || !lower.found {
 		return false, nil
 	}
-	_, found, err := s.o.child(lower, name, lower.dirs)
-	return found, err
+	le, err := s.o.lowerOnly(p)
+	return le.found, err
 }
 
 // add appends the entry p, described by fi, and what lies beneath it.
-func (s *snapshotter) add(p string, fi fs.FileInfo, lower entry, hasLower, cut bool) error {
+func (s *snapshotter) add(p string, fi fs.FileInfo, lower lowerEntry, cut bool) error {
 	e := exportEntry{name: p, info: fi}
 	var err error
 	if fi.Mode()&fs.ModeSymlink != 0 {
@@ -165,14 +218,16 @@ func (s *snapshotter) add(p string, fi fs.FileInfo, lower entry, hasLower, cut b
 	if !fi.IsDir() || isReserved(baseOf(p)) {
 		return nil
 	}
-	var le entry
-	found := false
-	if hasLower {
-		if le, found, err = s.o.child(lower, baseOf(p), lower.dirs); err != nil {
+	var le lowerEntry
+	if lower.found {
+		if le, err = s.o.lowerOnly(p); err != nil {
 			return pathErr("export", p, err)
 		}
 	}
-	return s.dir(p, le, found && le.isDir(), cut)
+	if !le.isDirEntry() {
+		le = lowerEntry{}
+	}
+	return s.dir(p, le, cut, false)
 }
 
 // exportOrder sorts a directory's entries for export: the opaque marker
@@ -189,9 +244,9 @@ func exportOrder(a, b fs.FileInfo) int {
 
 // exporter writes the entries of one ExportLayer call.
 type exporter struct {
-	up  layer
-	tw  *tar.Writer
-	cfg exportConfig
+	layers []layer // the overlay's layers, the upper first
+	tw     *tar.Writer
+	cfg    exportConfig
 }
 
 // write writes the entry e, streaming a regular file's content.
@@ -203,7 +258,7 @@ func (x *exporter) write(e exportEntry) error {
 	if hdr.Typeflag != tar.TypeReg || isReserved(baseOf(e.name)) {
 		err = x.tw.WriteHeader(hdr)
 	} else {
-		err = x.writeFile(hdr, e.name)
+		err = x.writeFile(hdr, e)
 	}
 	if err != nil {
 		return &fs.PathError{Op: "export", Path: e.name, Err: errnoOf(err)}
@@ -235,10 +290,14 @@ func (x *exporter) header(e exportEntry) (*tar.Header, error) {
 	return hdr, nil
 }
 
-// writeFile writes the header and content of the regular file name, sized
+// writeFile writes the header and content of the regular file e, sized
 // and timed as it is when opened.
-func (x *exporter) writeFile(hdr *tar.Header, name string) error {
-	f, err := x.up.open(name, os.O_RDONLY, 0)
+func (x *exporter) writeFile(hdr *tar.Header, e exportEntry) error {
+	src := e.src
+	if src == "" {
+		src = e.name
+	}
+	f, err := x.layers[e.layer].open(src, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}

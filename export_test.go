@@ -21,7 +21,7 @@ import (
 )
 
 // ltExport returns the layer ExportLayer writes for o.
-func ltExport(t testing.TB, o *Overlay, opts ...ExportOption) []byte {
+func ltExport(t harnessTB, o *Overlay, opts ...ExportOption) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	if err := ExportLayer(&buf, o, opts...); err != nil {
@@ -31,7 +31,7 @@ func ltExport(t testing.TB, o *Overlay, opts ...ExportOption) []byte {
 }
 
 // ltHeaders returns the headers of the archive b.
-func ltHeaders(t testing.TB, b []byte) []*tar.Header {
+func ltHeaders(t harnessTB, b []byte) []*tar.Header {
 	t.Helper()
 	tr := tar.NewReader(bytes.NewReader(b))
 	var out []*tar.Header
@@ -294,7 +294,7 @@ func ltRoundTrip(t *testing.T, seed uint64, newFs func() afero.Fs) {
 }
 
 // ltRestack returns a read-only overlay of the layer over lowers.
-func ltRestack(t testing.TB, layer []byte, lowers []afero.Fs) *Overlay {
+func ltRestack(t harnessTB, layer []byte, lowers []afero.Fs) *Overlay {
 	t.Helper()
 	tfs, err := NewTarFs(bytes.NewReader(layer), int64(len(layer)))
 	if err != nil {
@@ -302,7 +302,7 @@ func ltRestack(t testing.TB, layer []byte, lowers []afero.Fs) *Overlay {
 	}
 	o, err := New(nil, append([]afero.Fs{tfs}, lowers...))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("New: %v", err)
 	}
 	return o
 }

@@ -272,9 +272,9 @@ func ltSymlink(fsys afero.Fs, target, name string) error {
 }
 
 // ltMust fails the test on an error.
-func ltMust(t testing.TB, err error) {
+func ltMust(t harnessTB, err error) {
 	t.Helper()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 }

@@ -187,9 +187,24 @@ func (o *Overlay) copyXattrs(e entry, tmp string) error {
 
 // ErrRedirect is the error for a redirected directory (one the kernel, or
 // an overlay in FormatKernel, renamed with a redirect xattr) where it cannot
-// be honoured: the OCI format cannot express one, and a redirect in a lower
-// layer is not followed.
+// be honoured: WithUserXattr, where the kernel's userxattr option does not
+// follow redirects either, and Convert of a layer to FormatOCI, which cannot
+// express one. A lookup refused for it also matches syscall.EPERM, the
+// kernel's error for the same refusal.
 var ErrRedirect = errors.New("overlay: redirected directory (redirect xattr) not supported here")
+
+// errRedirectRefused is the error of a lookup that meets a redirect it may
+// not follow: it matches both ErrRedirect and EPERM, as the kernel refuses
+// such a lookup ("refusing to follow redirect") with EPERM.
+var errRedirectRefused error = redirectRefused{}
+
+type redirectRefused struct{}
+
+func (redirectRefused) Error() string { return ErrRedirect.Error() }
+
+func (redirectRefused) Is(target error) bool {
+	return target == ErrRedirect || target == syscall.EPERM
+}
 
 // redirectedTo returns the name at which the lowers hold the directory dir
 // of the kernel-format upper: the target of its redirect xattr, if it has
@@ -201,24 +216,18 @@ var ErrRedirect = errors.New("overlay: redirected directory (redirect xattr) not
 // says whether dir's does. An absolute redirect is looked up in the lowers
 // from their root even below a directory only the upper holds, as the
 // kernel does. With WithUserXattr, as with the kernel's userxattr option,
-// redirects are not supported: one is refused with ErrRedirect.
+// redirects are not followed: one is refused with errRedirectRefused.
 func (o *Overlay) redirectedTo(dir, lp string, lowers bool) (string, bool, error) {
-	target, ok, err := o.layers[0].redirect(dir)
+	target, abs, ok, err := o.readRedirect(o.layers[0], dir)
 	switch {
 	case err != nil || !ok:
 		return lp, lowers, err
-	case o.cfg.userXattr:
-		return "", false, &fs.PathError{Op: "lookup", Path: dir, Err: ErrRedirect}
-	case strings.HasPrefix(target, "/"):
-		lp, err = cleanRedirect(target[1:])
-		return lp, err == nil && o.hasLowers(), err
-	case strings.Contains(target, "/"):
-		return "", false, &fs.PathError{Op: "getxattr", Path: dir, Err: syscall.EINVAL}
+	case abs:
+		return target, o.hasLowers(), nil
 	case !lowers:
 		return lp, false, nil
 	}
-	lp, err = cleanRedirect(join(parentOf(lp), target))
-	return lp, err == nil, err
+	return join(parentOf(lp), target), true, nil
 }
 
 // hasLowers reports whether the overlay's root merges any lower.
@@ -226,27 +235,38 @@ func (o *Overlay) hasLowers() bool {
 	return o.rootDirs[len(o.rootDirs)-1] != 0
 }
 
-// cleanRedirect returns the redirect target t in the overlay's name form,
-// refusing targets that are not clean names.
-func cleanRedirect(t string) (string, error) {
-	c, err := cleanName(t)
-	if err != nil || c != t && !(c == "." && t == "") {
-		return "", &fs.PathError{Op: "getxattr", Path: t, Err: syscall.EINVAL}
+// lowerRedirect is readRedirect for the directory dir of the lower l; a
+// lower that is not a directory on the host holds no redirects.
+func (o *Overlay) lowerRedirect(l layer, dir string) (target string, abs, ok bool, err error) {
+	if !l.kernel {
+		return "", false, false, nil
 	}
-	return c, nil
+	return o.readRedirect(l, dir)
 }
 
-// checkLowerRedirect fails with ErrRedirect if the directory dir of the
-// lower l carries a redirect xattr: redirects in lowers are not followed.
-func (l layer) checkLowerRedirect(dir string) error {
-	if !l.kernel {
-		return nil
+// readRedirect returns the redirect xattr of the directory dir of the
+// kernel-format layer l, if it has one: the target in the overlay's name
+// form, and whether it is absolute (a name from the root) rather than
+// relative (a sibling's name). A target the kernel refuses, with an empty
+// component or a relative one with a slash, is EINVAL, and so is one that
+// is not a clean name. With WithUserXattr the redirect is refused.
+func (o *Overlay) readRedirect(l layer, dir string) (target string, abs, ok bool, err error) {
+	t, ok, err := l.redirect(dir)
+	switch {
+	case err != nil || !ok:
+		return "", false, false, err
+	case o.cfg.userXattr:
+		return "", false, false, &fs.PathError{Op: "lookup", Path: dir, Err: errRedirectRefused}
 	}
-	_, redirected, err := l.redirect(dir)
-	if err == nil && redirected {
-		err = &fs.PathError{Op: "lookup", Path: dir, Err: ErrRedirect}
+	abs = strings.HasPrefix(t, "/")
+	if abs {
+		t = t[1:]
 	}
-	return err
+	c, err := cleanName(t)
+	if err != nil || c != t || t == "" || t == "." || !abs && strings.Contains(t, "/") {
+		return "", false, false, &fs.PathError{Op: "getxattr", Path: dir, Err: syscall.EINVAL}
+	}
+	return t, abs, true, nil
 }
 
 // moveRedirect renames a directory that lower layers contribute to, in a
@@ -264,4 +284,34 @@ func (o *Overlay) moveRedirect(src, dst resolved, to string, lowerOld bool) erro
 		return err
 	}
 	return o.moveUpper(src, dst, lowerOld)
+}
+
+// movedWhole reports whether the upper directory p is, or is below, a
+// directory that a redirect moved (kernel format): whole says an ancestor
+// is. Changes and ExportLayer see such a directory as if it had been copied
+// up whole, since the lower content it shows is not the lowers' at p. A
+// redirect whose target is p's own lower name moves nothing. The caller
+// holds o.mu for reading.
+func (o *Overlay) movedWhole(p string, whole bool) (bool, error) {
+	if whole || !o.layers[0].noOCI || p == "." {
+		return whole, nil
+	}
+	r, err := o.walk(p, false)
+	if err != nil {
+		return false, err
+	}
+	return r.found && r.isDir() && r.lpath != "", nil
+}
+
+// mergedListing lists the merged directory p. The caller holds o.mu for
+// reading.
+func (o *Overlay) mergedListing(p string) ([]fs.FileInfo, error) {
+	r, err := o.walk(p, false)
+	switch {
+	case err != nil:
+		return nil, err
+	case !r.found:
+		return nil, syscall.ENOENT
+	}
+	return o.readMerged(r.entry)
 }

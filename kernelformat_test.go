@@ -574,6 +574,9 @@ func TestKernelFormatReplacesWhiteoutsInOneStep(t *testing.T) {
 	host := filepath.Join(s.upper, "x")
 	for _, op := range ops {
 		t.Run(op.name, func(t *testing.T) {
+			if err := o.RemoveAll("x"); err != nil { // from here on the upper holds x
+				t.Fatalf("RemoveAll: %v", err)
+			}
 			stop := make(chan struct{})
 			gaps := make(chan int)
 			go func() {
@@ -591,11 +594,11 @@ func TestKernelFormatReplacesWhiteoutsInOneStep(t *testing.T) {
 				}
 			}()
 			for range 200 {
-				if err := o.RemoveAll("x"); err != nil {
-					t.Fatalf("RemoveAll: %v", err)
-				}
 				if err := op.do(); err != nil {
 					t.Fatalf("%s over the whiteout: %v", op.name, err)
+				}
+				if err := o.RemoveAll("x"); err != nil {
+					t.Fatalf("RemoveAll: %v", err)
 				}
 			}
 			close(stop)

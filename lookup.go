@@ -20,6 +20,10 @@ type entry struct {
 	// when that is path itself.
 	lpath string
 
+	// lsrc is the name of the topmost copy in its layer, a lower, when it
+	// differs from lowerPath(): when a redirect in a lower layer led to it.
+	lsrc string
+
 	// whiteout is set on the entry of a name found absent because the upper
 	// whites it out, so that creating the name drops that whiteout. Without
 	// a lower copy there is never a whiteout to drop.
@@ -46,10 +50,13 @@ func (e entry) lowerPath() string {
 
 // src returns the entry's name in the layer that holds its topmost copy.
 func (e entry) src() string {
-	if e.layer != 0 {
-		return e.lowerPath()
+	switch {
+	case e.layer == 0:
+		return e.path
+	case e.lsrc != "":
+		return e.lsrc
 	}
-	return e.path
+	return e.lowerPath()
 }
 
 // lowerChildPath returns the name at which the lowers hold p, a child of
@@ -430,53 +437,6 @@ func (o *Overlay) lowerChild(p, lp string) (entry, bool, error) {
 		le.path, le.lpath = p, lp
 	}
 	return le.entry, le.found, err
-}
-
-// child looks base up in the directory parent, searching the given layers
-// (a top-down subset of parent.dirs). The topmost copy wins; a non-directory
-// ends the search, and so do a whiteout, an opaque directory and a
-// non-directory below a directory. It serves the lower index, where it
-// runs once per name.
-func (o *Overlay) child(parent entry, base string, layers []int) (entry, bool, error) {
-	p := join(parent.path, base)
-	var top entry
-	found := false
-	for n, i := range layers {
-		l := o.layers[i]
-		info, err := l.lstat(p)
-		if err != nil && !isNotExist(err) {
-			return entry{}, false, err
-		}
-		if err == nil && l.kernel && isWhiteoutInfo(info) {
-			return top, found, nil
-		}
-		if err != nil {
-			if wh, err := l.hasWhiteout(p); err != nil || wh {
-				return top, found, err
-			}
-			continue
-		}
-		if found && !info.IsDir() {
-			break
-		}
-		if !found {
-			top, found = entry{path: p, layer: i, info: info}, true
-			if !info.IsDir() {
-				return top, true, nil
-			}
-		}
-		if err := l.checkLowerRedirect(p); err != nil {
-			return entry{}, false, err
-		}
-		top.dirs = append(top.dirs, i)
-		if n == len(layers)-1 {
-			break
-		}
-		if opaque, err := l.isOpaque(p); err != nil || opaque {
-			return top, found, err
-		}
-	}
-	return top, found, nil
 }
 
 // inLowers reports whether a lower layer would show base in parent if the

@@ -25,6 +25,11 @@ type lowerEntry struct {
 	found bool
 	entry
 
+	// paths is, for a directory reached through a redirect in a lower
+	// layer, the name of each copy in its layer, parallel to dirs; nil
+	// when every copy is at path, the common case.
+	paths []string
+
 	// underUpper is, for a directory, dirs with the upper in front: the
 	// dirs of a merged directory whose upper copy is not opaque. It is
 	// built once, so that lookups through such directories allocate
@@ -47,42 +52,52 @@ func (o *Overlay) lowerOnly(p string) (lowerEntry, error) {
 	if v, ok := o.lowers.entries.Load(p); ok {
 		return v.(lowerEntry), nil
 	}
-	var parent lowerEntry
 	if p == "." {
-		parent = lowerEntry{found: true, entry: entry{path: ".", dirs: o.rootDirs}}
-		if len(o.rootDirs) > 0 && o.rootDirs[0] == 0 {
-			parent.dirs = o.rootDirs[1:]
+		root, err := o.lowerRootEntry()
+		if err != nil {
+			return lowerEntry{}, err
 		}
-		return o.remember(p, o.lowerRootEntry(parent))
+		return o.remember(p, root)
 	}
 	parent, err := o.lowerOnly(parentOf(p))
 	if err != nil || !parent.found || !parent.isDir() || len(parent.dirs) == 0 {
 		return lowerEntry{}, err
 	}
 	if len(parent.dirs) > probeLimit {
-		absent, err := o.absentFromListing(parent.entry, baseOf(p))
+		absent, err := o.absentFromListing(parent, baseOf(p))
 		if err != nil || absent {
 			return lowerEntry{}, err // not remembered: the listing answers again cheaply
 		}
 	}
-	e, found, err := o.child(parent.entry, baseOf(p), parent.dirs)
+	e, err := o.child(parent, baseOf(p))
 	if err != nil {
 		return lowerEntry{}, err
 	}
-	return o.remember(p, lowerEntry{found: found, entry: e})
+	return o.remember(p, e)
 }
 
-// lowerRootEntry fills in the root's FileInfo from the topmost lower root.
-func (o *Overlay) lowerRootEntry(root lowerEntry) lowerEntry {
-	if len(root.dirs) == 0 {
-		return lowerEntry{}
+// lowerRootEntry returns the root of the lowers alone: the lowers whose
+// roots merge, down to the first opaque one, whatever the upper's root is,
+// and the topmost one's FileInfo.
+func (o *Overlay) lowerRootEntry() (lowerEntry, error) {
+	var dirs []int
+	for i := 1; i < len(o.layers); i++ {
+		dirs = append(dirs, i)
+		if opaque, err := o.layers[i].isOpaque("."); err != nil || opaque {
+			if err != nil {
+				return lowerEntry{}, err
+			}
+			break
+		}
 	}
-	info, err := o.layers[root.dirs[0]].lstat(".")
+	if len(dirs) == 0 {
+		return lowerEntry{}, nil
+	}
+	info, err := o.layers[dirs[0]].lstat(".")
 	if err != nil {
-		return lowerEntry{}
+		return lowerEntry{}, err
 	}
-	root.layer, root.info = root.dirs[0], info
-	return root
+	return lowerEntry{found: true, entry: entry{path: ".", layer: dirs[0], info: info, dirs: dirs}}, nil
 }
 
 // remember stores e as what the lowers show at p. The FileInfo is frozen:
@@ -100,14 +115,15 @@ func (o *Overlay) remember(p string, e lowerEntry) (lowerEntry, error) {
 }
 
 // lowerListing returns the merged, sorted listing of the lower copies of
-// the directory e (a lowerOnly entry), whiteouts applied.
-func (o *Overlay) lowerListing(e entry) ([]fs.FileInfo, error) {
+// the directory e (a lowerOnly entry), each read at its name in its layer,
+// whiteouts applied.
+func (o *Overlay) lowerListing(e lowerEntry) ([]fs.FileInfo, error) {
 	if v, ok := o.lowers.listings.Load(e.path); ok {
 		return v.([]fs.FileInfo), nil
 	}
 	listings := make([][]fs.FileInfo, 0, len(e.dirs))
-	for _, i := range e.dirs {
-		list, err := o.layers[i].readDir(e.path)
+	for k, i := range e.dirs {
+		list, err := o.layers[i].readDir(e.pathIn(k))
 		if err != nil {
 			return nil, err
 		}
@@ -121,6 +137,19 @@ func (o *Overlay) lowerListing(e entry) ([]fs.FileInfo, error) {
 	return merged, nil
 }
 
+// lowerListingAt returns lowerListing of what the lowers alone show at the
+// name lp, a directory.
+func (o *Overlay) lowerListingAt(lp string) ([]fs.FileInfo, error) {
+	if v, ok := o.lowers.listings.Load(lp); ok {
+		return v.([]fs.FileInfo), nil
+	}
+	le, err := o.lowerOnly(lp)
+	if err != nil || !le.found || !le.isDir() {
+		return nil, err
+	}
+	return o.lowerListing(le)
+}
+
 // probeLimit is how many lowers a directory may merge before a name that is
 // absent from all of them is found absent through the directory's merged
 // listing (read once, then searched) instead of by asking every lower: new
@@ -130,7 +159,7 @@ const probeLimit = 2
 
 // absentFromListing reports whether the merged lower directory dir lists no
 // entry base.
-func (o *Overlay) absentFromListing(dir entry, base string) (bool, error) {
+func (o *Overlay) absentFromListing(dir lowerEntry, base string) (bool, error) {
 	list, err := o.lowerListing(dir)
 	if err != nil {
 		return false, err
@@ -140,3 +169,6 @@ func (o *Overlay) absentFromListing(dir entry, base string) (bool, error) {
 	})
 	return !found, nil
 }
+
+// isDirEntry reports whether the lowers show a directory.
+func (e lowerEntry) isDirEntry() bool { return e.found && e.isDir() }
