@@ -52,7 +52,7 @@ func (o *Overlay) commit(newUpper afero.Fs) error {
 	if err := checkEmpty(fresh); err != nil {
 		return err
 	}
-	if err := setWorkDir(fresh, true); err != nil {
+	if err := setWorkDir(fresh, !o.work.tidy); err != nil {
 		return err
 	}
 	fresh.exactPerms = probeExactPerms(fresh, o.tmpName())
@@ -62,6 +62,7 @@ func (o *Overlay) commit(newUpper afero.Fs) error {
 		return err
 	}
 	o.swapUpper(fresh, isHostInfo(info))
+	o.work.exists = false // the fresh upper has none until a call needs it
 	return nil
 }
 
@@ -139,7 +140,7 @@ func (o *Overlay) reset() error {
 		return syscall.EROFS
 	}
 	up := o.layers[0]
-	if ok, err := up.exists(workDir); err != nil || !ok {
+	if ok, err := up.exists(workDir); !o.work.tidy && (err != nil || !ok) {
 		if err == nil {
 			err = setWorkDir(up, true)
 		}

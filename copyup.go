@@ -6,7 +6,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -286,11 +285,6 @@ func (l layer) chown(name string, uid, gid int, symlink bool) error {
 	return os.Lchown(p, uid, gid)
 }
 
-// tmpName returns a fresh name in the work directory.
-func (o *Overlay) tmpName() string {
-	return workDir + "/" + strconv.FormatUint(o.tmpSeq.Add(1), 36)
-}
-
 // discard removes a work-directory name left by a failed or stale operation.
 func (o *Overlay) discard(tmp string) {
 	up := o.layers[0]
@@ -298,21 +292,10 @@ func (o *Overlay) discard(tmp string) {
 }
 
 // prepareWorkDir creates the work directory in the upper, or empties what an
-// interrupted operation left there, keeping the upper root's times.
+// interrupted operation left there, keeping the upper root's times. A
+// kernel-format upper is left without one (see workState).
 func (o *Overlay) prepareWorkDir() error {
-	up := o.layers[0]
-	rootInfo, err := up.lstat(".")
-	if err != nil {
-		return err
-	}
-	atime, mtime := fileAtime(rootInfo), rootInfo.ModTime() // now: MemMapFs's FileInfo is live
-	if err := up.removeAll(workDir); err != nil {
-		return err
-	}
-	if err := up.mkdir(workDir, 0o700); err != nil {
-		return err
-	}
-	return up.fs.Chtimes(up.path("."), atime, mtime)
+	return setWorkDir(o.layers[0], !o.work.tidy)
 }
 
 // atomicCounter hands out unique numbers for work-directory names.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"testing/fstest"
@@ -81,13 +82,13 @@ func (s *kernelFormatStack) open(tb harnessTB, ls []afero.Fs) *Overlay {
 
 // mount mounts the kernel overlay over the stack's lowers and upper with a
 // fresh work directory and the given extra options, and returns the view
-// and a function that unmounts it (also run when tb ends). The overlay's
-// own work directory is removed from the upper first: the kernel would
-// show it as an ordinary directory.
+// and a function that unmounts it (also run when tb ends). The overlay
+// may be alive: between its calls, a kernel-format upper must not hold the
+// overlay's work directory, which the kernel would show.
 func (s *kernelFormatStack) mount(tb harnessTB, extra string) (afero.Fs, func()) {
 	tb.Helper()
-	if err := os.Remove(filepath.Join(s.upper, workDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		tb.Fatalf("removing the work directory: %v", err)
+	if _, err := os.Lstat(filepath.Join(s.upper, workDir)); !errors.Is(err, fs.ErrNotExist) {
+		tb.Fatalf("between calls, the kernel-format upper holds the work directory (%v): the kernel would show it", err)
 	}
 	work, err := os.MkdirTemp(s.base, "w")
 	if err != nil {
@@ -607,4 +608,49 @@ func TestKernelFormatReplacesWhiteoutsInOneStep(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKernelFormatWorkDirOnlyDuringCalls checks that a kernel-format upper
+// holds the work directory only while calls use it: after New, after calls
+// that build in it (copy-up, removing a directory, creating over a
+// whiteout), and after many such calls racing, it is gone.
+func TestKernelFormatWorkDirOnlyDuringCalls(t *testing.T) {
+	kernelOracle(t)
+	s := newKernelFormatStack(t, layerSpec{"f": specFile("lower", 0o644), "d/g": specFile("g", 0o644)})
+	work := filepath.Join(s.upper, workDir)
+	absent := func(when string) {
+		t.Helper()
+		if _, err := os.Lstat(work); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s: the upper holds the work directory (%v)", when, err)
+		}
+	}
+	absent("after New")
+	if err := afero.WriteFile(s.o, "f", []byte("copied up"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	absent("after a copy-up")
+	if err := s.o.RemoveAll("d"); err != nil {
+		t.Fatal(err)
+	}
+	absent("after removing a directory")
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("n%d", i)
+			for range 50 {
+				if err := s.o.Mkdir(name, 0o755); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := s.o.RemoveAll(name); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	absent("after racing calls")
 }

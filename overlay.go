@@ -114,6 +114,7 @@ type Overlay struct {
 	lowers   lowerIndex // what the lowers show, looked up once
 	lookups  lookupCache
 
+	work    workState          // the work directory's life
 	copies  singleflight.Group // one copy-up per path at a time
 	handles handleSet          // read-only handles on lower files, so they follow copy-ups
 	tmpSeq  atomicCounter
@@ -186,7 +187,8 @@ func WithUserXattr() Option {
 // and a lower MemMapFs must have been written with rooted names.
 //
 // New prepares the work directory ".wh..wh.work" in the upper and removes
-// whatever an earlier, interrupted operation left in it.
+// whatever an earlier, interrupted operation left in it. A kernel-format
+// upper holds it only while a call uses it.
 func New(upper afero.Fs, lowers []afero.Fs, opts ...Option) (*Overlay, error) {
 	var cfg config
 	for _, opt := range opts {
@@ -208,11 +210,14 @@ func New(upper afero.Fs, lowers []afero.Fs, opts ...Option) (*Overlay, error) {
 		o.layers = append(o.layers, cfg.lowerLayer(l))
 	}
 	if upper != nil {
+		o.work.tidy = up.noOCI
 		if err := o.prepareWorkDir(); err != nil {
 			return nil, pathErr("new", workDir, err)
 		}
 		o.layers[0].exactPerms = probeExactPerms(o.layers[0], o.tmpName())
-		if err := o.probeXattrs(); err != nil {
+		err := o.probeXattrs()
+		o.tidyWork()
+		if err != nil {
 			return nil, err
 		}
 		info, err := o.layers[0].lstat(".")
@@ -432,11 +437,15 @@ func (o *Overlay) ReadlinkIfPossible(name string) (string, error) {
 // Callers write defer o.use().done().
 func (o *Overlay) use() *Overlay {
 	o.ops.RLock()
+	o.callStarted()
 	return o
 }
 
 // done ends the call that use began.
-func (o *Overlay) done() { o.ops.RUnlock() }
+func (o *Overlay) done() {
+	o.callEnded()
+	o.ops.RUnlock()
+}
 
 // cleanName turns a caller's name into the overlay's form: cleaned and
 // unrooted, "." for the root. It rejects names the kernel rejects (a NUL
