@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/afero"
+	"github.com/spf13/afero/mem"
 )
 
 // copyUp makes sure the upper holds its own copy of the non-directory e,
@@ -170,6 +171,7 @@ func (o *Overlay) copyContent(e entry, tmp string, data bool) error {
 		return err
 	}
 	if data {
+		reserve(dst, e.info.Size())
 		err = copyFrom(dst, o.layers[e.layer], e.src())
 	}
 	if cerr := dst.Close(); err == nil {
@@ -197,6 +199,18 @@ func copyFrom(dst afero.File, l layer, name string) error {
 	defer copyBuffers.Put(buf)
 	_, err = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *buf)
 	return err
+}
+
+// reserve makes room for size bytes in the new, empty file dst where the
+// layer would otherwise grow its storage again and again as the copy
+// streams in: a MemMapFs file keeps its bytes in one slice, which Truncate
+// sizes once, and keeps when truncated back to nothing.
+func reserve(dst afero.File, size int64) {
+	if f, ok := dst.(*mem.File); ok && size > 0 {
+		if f.Truncate(size) == nil {
+			_ = f.Truncate(0) // best effort: a failure leaves the file empty anyway
+		}
+	}
 }
 
 // osFile returns the *os.File behind f, which afero's OsFs returns as is
