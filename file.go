@@ -412,6 +412,11 @@ func (o *Overlay) listDir(dir string) ([]fs.FileInfo, error) {
 type handleSet struct {
 	mu    sync.Mutex       // guards nodes and every node's path, upper and next
 	nodes map[string]*node // by resolved name: the first of the handles on it
+
+	// epoch counts the copy-ups, renames and removals reported, so that a
+	// handle about to be tracked can tell whether its file changed since
+	// it was looked up. It changes under mu.
+	epoch atomic.Uint64
 }
 
 // node is one read-only handle's record of the lower file it has open. It
@@ -424,15 +429,21 @@ type node struct {
 	gen   atomic.Uint64 // bumped on every change a handle must see
 }
 
-// acquire records that the handle of n has the file name open.
-func (s *handleSet) acquire(name string, n *node) {
+// acquire records that the handle of n has the file name open, unless
+// the set's epoch has moved on from since: then it reports false, and the
+// caller looks the name up again.
+func (s *handleSet) acquire(name string, n *node, since uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.epoch.Load() != since {
+		return false
+	}
 	if s.nodes == nil {
 		s.nodes = make(map[string]*node)
 	}
 	n.path, n.next = name, s.nodes[name]
 	s.nodes[name] = n
+	return true
 }
 
 // release forgets the handle of n. A node the set no longer holds (its
@@ -469,6 +480,7 @@ func (s *handleSet) where(n *node) (string, layer, uint64) {
 func (s *handleSet) copiedUp(name string, up layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.epoch.Add(1)
 	for n := s.nodes[name]; n != nil; n = n.next {
 		n.upper = up
 		n.gen.Add(1)
@@ -480,6 +492,7 @@ func (s *handleSet) copiedUp(name string, up layer) {
 func (s *handleSet) renamed(oldName, newName string, up layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.epoch.Add(1)
 	var moved []*node
 	for p, n := range s.nodes {
 		if under(p, oldName) {
@@ -502,6 +515,7 @@ func (s *handleSet) renamed(oldName, newName string, up layer) {
 func (s *handleSet) removed(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.epoch.Add(1)
 	for p := range s.nodes {
 		if under(p, name) {
 			delete(s.nodes, p)

@@ -1,8 +1,11 @@
 package overlay
 
 import (
+	"io"
 	"slices"
 	"testing"
+
+	"github.com/spf13/afero"
 )
 
 // chainOf returns the ids of the nodes the set holds for name, in order.
@@ -34,7 +37,7 @@ func TestHandleSetChains(t *testing.T) {
 			for i := range nodes {
 				nodes[i] = new(node)
 				ids[nodes[i]] = i
-				s.acquire("f", nodes[i])
+				s.acquire("f", nodes[i], s.epoch.Load())
 			}
 			for _, i := range tt.release {
 				s.release(nodes[i])
@@ -52,9 +55,9 @@ func TestHandleSetChains(t *testing.T) {
 func TestHandleSetFollowsEveryHandle(t *testing.T) {
 	var s handleSet
 	a, b, c := new(node), new(node), new(node)
-	s.acquire("d/f", a)
-	s.acquire("d/f", b)
-	s.acquire("d/g", c)
+	s.acquire("d/f", a, s.epoch.Load())
+	s.acquire("d/f", b, s.epoch.Load())
+	s.acquire("d/g", c, s.epoch.Load())
 	up := layer{rooted: true}
 	s.copiedUp("d/f", up)
 	if a.gen.Load() != 1 || b.gen.Load() != 1 || c.gen.Load() != 0 {
@@ -72,9 +75,58 @@ func TestHandleSetFollowsEveryHandle(t *testing.T) {
 		t.Fatalf("after removing e/f: nodes = %v", s.nodes)
 	}
 	n := new(node)
-	s.acquire("e/f", n) // a new file at the old name
+	s.acquire("e/f", n, s.epoch.Load()) // a new file at the old name
 	s.release(b)        // a handle on the removed file leaves the new one alone
 	if s.nodes["e/f"] != n {
 		t.Fatal("releasing a removed file's handle dropped the new file's")
+	}
+}
+
+func TestHandleSetRefusesStaleEpoch(t *testing.T) {
+	var s handleSet
+	since := s.epoch.Load()
+	s.copiedUp("f", layer{})
+	if s.acquire("f", new(node), since) {
+		t.Fatal("acquire with an epoch from before a copy-up succeeded")
+	}
+	if !s.acquire("f", new(node), s.epoch.Load()) {
+		t.Fatal("acquire with the current epoch failed")
+	}
+}
+
+// TestReadHandleFollowsCopyUpRacingItsOpen copies a lower file up, and
+// writes the copy, between an Open's lookup and the tracking of its handle:
+// the handle must still read the new data, as one opened just before the
+// copy-up does.
+func TestReadHandleFollowsCopyUpRacingItsOpen(t *testing.T) {
+	lower := afero.NewMemMapFs()
+	if err := afero.WriteFile(lower, "/f", []byte("lower"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, _ := newOverlay(t, lower)
+	if _, err := o.Stat("f"); err != nil { // the lookup cache now answers without a lock
+		t.Fatal(err)
+	}
+	once := true
+	beforeTracking = func(string) {
+		if once {
+			once = false
+			if err := afero.WriteFile(o, "f", []byte("upper"), 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer func() { beforeTracking = nil }()
+	f, err := o.Open("f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if once {
+		t.Fatal("the hook never ran: the test tests nothing")
+	}
+	b, err := io.ReadAll(f)
+	if err != nil || string(b) != "upper" {
+		t.Fatalf("read %q, %v; want the copied-up file's \"upper\"", b, err)
 	}
 }

@@ -9,10 +9,24 @@ import (
 )
 
 // openFile is OpenFile's worker; name is the caller's, clean the cleaned one.
+// It starts over if a lower file it was about to track was copied up,
+// renamed or removed between its lookup and its tracking (see openReader).
 func (o *Overlay) openFile(name, clean string, flag int, perm os.FileMode) (afero.File, error) {
+	for range maxRetries {
+		f, err := o.openOnce(name, clean, flag, perm)
+		if err != errStale {
+			return f, err
+		}
+	}
+	return nil, syscall.EAGAIN
+}
+
+// openOnce is one attempt of openFile.
+func (o *Overlay) openOnce(name, clean string, flag int, perm os.FileMode) (afero.File, error) {
+	since := o.handles.epoch.Load()
 	follow := flag&syscall.O_NOFOLLOW == 0 && flag&(os.O_CREATE|os.O_EXCL) != os.O_CREATE|os.O_EXCL
 	if flag&os.O_CREATE != 0 && !o.readOnly() {
-		return o.openCreate(name, clean, follow, flag, perm)
+		return o.openCreate(name, clean, follow, flag, perm, since)
 	}
 	e, found, err := o.lookupQuickly(clean, follow)
 	switch {
@@ -21,7 +35,7 @@ func (o *Overlay) openFile(name, clean string, flag int, perm os.FileMode) (afer
 	case found && flag&(os.O_CREATE|os.O_EXCL) == os.O_CREATE|os.O_EXCL:
 		return nil, syscall.EEXIST
 	case found:
-		return o.openEntry(name, e, flag)
+		return o.openEntry(name, e, flag, since)
 	case flag&os.O_CREATE != 0:
 		return nil, syscall.EROFS
 	}
@@ -30,7 +44,7 @@ func (o *Overlay) openFile(name, clean string, flag int, perm os.FileMode) (afer
 
 // openCreate opens name with O_CREATE: it creates the file under the lock if
 // the name is free, and opens the existing file otherwise.
-func (o *Overlay) openCreate(name, clean string, follow bool, flag int, perm os.FileMode) (afero.File, error) {
+func (o *Overlay) openCreate(name, clean string, follow bool, flag int, perm os.FileMode, since uint64) (afero.File, error) {
 	o.mu.Lock()
 	r, err := o.walk(clean, follow)
 	switch {
@@ -42,7 +56,7 @@ func (o *Overlay) openCreate(name, clean string, follow bool, flag int, perm os.
 		if flag&os.O_EXCL != 0 {
 			return nil, syscall.EEXIST
 		}
-		return o.openEntry(name, r.entry, flag)
+		return o.openEntry(name, r.entry, flag, since)
 	}
 	defer o.mu.Unlock()
 	return o.create(name, r, flag, perm)
@@ -52,8 +66,9 @@ func (o *Overlay) openCreate(name, clean string, follow bool, flag int, perm os.
 // changed its name under it.
 const maxRetries = 100
 
-// openEntry opens the existing entry e, copying it up first for write intent.
-func (o *Overlay) openEntry(name string, e entry, flag int) (afero.File, error) {
+// openEntry opens the existing entry e, copying it up first for write
+// intent. since is the handle set's epoch from before e was looked up.
+func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero.File, error) {
 	switch {
 	case e.isSymlink():
 		return nil, syscall.ELOOP // O_NOFOLLOW on a symlink
@@ -62,7 +77,7 @@ func (o *Overlay) openEntry(name string, e entry, flag int) (afero.File, error) 
 	case e.isDir():
 		return &file{o: o, name: name, flag: flag, dir: &dirHandle{path: e.path, info: namedInfo{e.info, baseOf(cleanOrRoot(name))}}}, nil
 	case !writeIntent(flag):
-		return o.openReader(name, e, flag)
+		return o.openReader(name, e, flag, since)
 	case o.readOnly():
 		return nil, syscall.EROFS
 	}
@@ -83,12 +98,20 @@ func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *f
 }
 
 // openReader opens e for reading. A handle on a lower file is tracked so that
-// it follows the file into the upper after a copy-up.
-func (o *Overlay) openReader(name string, e entry, flag int) (afero.File, error) {
+// it follows the file into the upper after a copy-up. If the file was copied
+// up, renamed or removed since e was looked up (the handle set's epoch has
+// moved on from since), the handle would miss that: it fails with errStale
+// and the caller looks up again.
+func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afero.File, error) {
 	f := &file{o: o, name: name, flag: flag}
 	if !e.inUpper() {
+		if beforeTracking != nil {
+			beforeTracking(e.path)
+		}
 		f.node = &f.own
-		o.handles.acquire(e.path, f.node)
+		if !o.handles.acquire(e.path, f.node, since) {
+			return nil, errStale
+		}
 	}
 	lf, err := o.layers[e.layer].open(e.src(), os.O_RDONLY, 0)
 	if err != nil {
@@ -107,6 +130,10 @@ func (o *Overlay) openReader(name string, e entry, flag int) (afero.File, error)
 	}
 	return f, nil
 }
+
+// beforeTracking, when set (by the tests), runs between the lookup of a
+// lower file being opened for reading and the tracking of its handle.
+var beforeTracking func(path string)
 
 // toUpper returns the upper copy of the non-directory e, copying it up
 // first if a lower layer holds it. With data false the content is not
