@@ -76,7 +76,7 @@ func TestHandleSetFollowsEveryHandle(t *testing.T) {
 	}
 	n := new(node)
 	s.acquire("e/f", n, s.epoch.Load()) // a new file at the old name
-	s.release(b)        // a handle on the removed file leaves the new one alone
+	s.release(b)                        // a handle on the removed file leaves the new one alone
 	if s.nodes["e/f"] != n {
 		t.Fatal("releasing a removed file's handle dropped the new file's")
 	}
