@@ -115,6 +115,28 @@ func setWorkDir(l layer, create bool) error {
 	return l.fs.Chtimes(l.path("."), atime, mtime)
 }
 
+// Refresh forgets what the overlay remembers of its layers: the index of
+// the lowers, the upper's listings and the lookups made. Lowers must not
+// change, and the upper must change only through the overlay, while it is
+// in use; a caller that changed a layer anyway calls Refresh afterwards,
+// and the overlay then shows what the layers hold. Open handles keep what
+// they have. Refresh waits for the calls in progress and holds new ones off.
+// If there is an error, it will be of type [*fs.PathError].
+func (o *Overlay) Refresh() error {
+	o.ops.Lock()
+	defer o.ops.Unlock()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	dirs, err := o.findRootDirs()
+	if err != nil {
+		return pathErr("refresh", ".", err)
+	}
+	o.rootDirs = dirs
+	o.layers[0].names.reset()
+	o.resetLowerIndex()
+	return nil
+}
+
 // Reset discards every change made in the upper layer: afterwards the
 // merged view is the lower layers' again. The upper is emptied but for its
 // work directory, which stays ready; its root's mtime is updated. Handles

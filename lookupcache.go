@@ -15,7 +15,7 @@ import (
 //
 // The overlay uses it where the upper changes through the upper index only:
 // an OCI upper, or none. Memory: about 250 bytes per distinct name looked
-// up since the last change.
+// up since the last change, and at most maxCachedWalks walks.
 type lookupCache struct {
 	// upper is the upper index whose generations the cache follows, nil
 	// for a read-only overlay; on says whether the cache is used at all.
@@ -24,9 +24,14 @@ type lookupCache struct {
 	on    atomic.Bool
 
 	gen    atomic.Uint64 // the upper index's generation the entries are of
+	size   atomic.Int64  // about how many walks are remembered
 	follow sync.Map      // clean name → *cachedWalk, final symlink followed
 	lstat  sync.Map      // clean name → *cachedWalk
 }
+
+// maxCachedWalks bounds the lookup cache, at about 16 MB: past it the cache
+// starts over. The lower index, which the walks come from, stays.
+const maxCachedWalks = 1 << 16
 
 // cachedWalk is a remembered walk's outcome.
 type cachedWalk struct {
@@ -92,8 +97,7 @@ func (o *Overlay) resolve(name string, follow bool) (entry, bool, error) {
 			return o.hit(name, follow, v.(*cachedWalk))
 		}
 	} else {
-		m.Clear()
-		c.of(!follow).Clear()
+		c.clear()
 		c.gen.Store(gen)
 	}
 	r, err := o.walk(name, follow)
@@ -103,6 +107,9 @@ func (o *Overlay) resolve(name string, follow bool) (entry, bool, error) {
 	cw := &cachedWalk{entry: r.entry, found: r.found}
 	if cw.inUpper() && cw.found {
 		cw.info = typeOnlyOf(cw.info)
+	}
+	if c.size.Add(1) > maxCachedWalks {
+		c.clear() // the simplest bound: start over
 	}
 	m.Store(name, cw)
 	return r.entry, r.found, nil
@@ -156,6 +163,7 @@ func (c *lookupCache) of(follow bool) *sync.Map {
 
 // clear forgets every walk.
 func (c *lookupCache) clear() {
+	c.size.Store(0)
 	c.follow.Clear()
 	c.lstat.Clear()
 }

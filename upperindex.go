@@ -21,9 +21,9 @@ import (
 // directories concerned, which are then read again. Names in the work
 // directory are never looked up and never remembered.
 //
-// Reads are lock-free. Changes, and storing a listing just read, are
-// serialised by mu, and a listing read while a change happened is not
-// stored: it may predate the change. Memory: one map entry (about 40 bytes)
+// A read takes only its directory's read lock. Changes, and storing a
+// listing just read, are serialised by mu, and a listing read while a
+// change happened is not stored: it may predate the change. Memory: one map entry (about 40 bytes)
 // per name in each upper directory that a lookup has passed through.
 type upperIndex struct {
 	mu   sync.Mutex

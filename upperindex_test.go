@@ -291,3 +291,58 @@ func verifyFrozen(o *Overlay, name string, follow bool, upper *upperIndex, gen u
 	}
 	verifyCached(o, name, follow, got, found)
 }
+
+// TestRefreshAfterChangesUnderneath changes both layers behind the
+// overlay's back, which the contract forbids while it is in use, and
+// checks that Refresh makes the overlay show them, the checkers agreeing.
+func TestRefreshAfterChangesUnderneath(t *testing.T) {
+	lower := afero.NewMemMapFs()
+	for _, name := range []string{"/d/f", "/d/g"} {
+		if err := afero.WriteFile(lower, name, []byte("lower"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o, upper := newOverlay(t, lower)
+	for _, name := range []string{"d/f", "d/g", "d/new"} {
+		_, _ = o.Stat(name) // remembered: found, found, absent
+	}
+	if _, err := o.Open("d"); err != nil { // lists nothing yet, but indexes d
+		t.Fatal(err)
+	}
+	// Behind the overlay's back: whiteout d/f in the upper, add d/new to
+	// the lower.
+	if err := upper.MkdirAll("/d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := afero.WriteFile(upper, "/d/"+whiteoutPrefix+"f", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := afero.WriteFile(lower, "/d/new", []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{"d/f": false, "d/g": true, "d/new": true} {
+		_, err := o.Stat(name)
+		if got := err == nil; got != want {
+			t.Errorf("after Refresh: Stat(%s) = %v, want found=%v", name, err, want)
+		}
+	}
+	names, err := afero.ReadDir(o, "d")
+	if err != nil || len(names) != 2 || names[0].Name() != "g" || names[1].Name() != "new" {
+		t.Fatalf("after Refresh: ReadDir(d) = %v, %v; want g, new", names, err)
+	}
+}
+
+func TestLookupCacheIsBounded(t *testing.T) {
+	o, _ := newOverlay(t, afero.NewMemMapFs())
+	for i := range maxCachedWalks + 100 {
+		_, _ = o.Stat(fmt.Sprintf("missing%d", i))
+	}
+	n := 0
+	o.lookups.follow.Range(func(any, any) bool { n++; return true })
+	if n == 0 || n > maxCachedWalks {
+		t.Fatalf("the cache holds %d walks, want between 1 and %d", n, maxCachedWalks)
+	}
+}
