@@ -76,7 +76,8 @@
 // current by the overlay's own changes, and a lookup is remembered until the
 // next change of a name. So lowers must not change while in use, and the
 // upper must change only through the overlay, as the kernel asks of its
-// upperdir; reading the upper is fine.
+// upperdir; reading the upper is fine. [Overlay.Refresh] forgets it all,
+// for a caller that changed a layer anyway.
 package overlay
 
 import (
