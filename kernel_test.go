@@ -586,6 +586,47 @@ func kernelVsOverlay(mode subjectMode) pairFunc {
 	}
 }
 
+// TestKernelReadOnlyRandom runs the random state machine against a kernel
+// overlay mounted without an upper directory, which is read-only, and an
+// Overlay without an upper: every result, errno included, and the tree
+// must agree.
+func TestKernelReadOnlyRandom(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
+	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
+	for _, mode := range []subjectMode{memLayers, diskLayers} {
+		t.Run(string(mode), func(t *testing.T) {
+			rapid.Check(t, func(rt *rapid.T) {
+				runRandom(rt, mode == diskLayers, readOnlyKernelVsOverlay(mode))
+			})
+		})
+	}
+}
+
+// readOnlyKernelVsOverlay returns a pairFunc comparing a read-only kernel
+// mount with a read-only Overlay over the same lowers, built in mode.
+func readOnlyKernelVsOverlay(mode subjectMode) pairFunc {
+	return func(tb harnessTB, lowers ...layerSpec) *lockstep {
+		k, err := kernelMountAs(tb, true, lowers...)
+		if err != nil {
+			tb.Fatalf("mounting the read-only kernel oracle: %v", err)
+		}
+		var ls []afero.Fs
+		for _, spec := range lowers {
+			if mode == diskLayers {
+				ls = append(ls, ociDiskLower(tb, spec))
+			} else {
+				ls = append(ls, ociMemLower(tb, spec))
+			}
+		}
+		o, err := New(nil, ls)
+		if err != nil {
+			tb.Fatalf("New without an upper: %v", err)
+		}
+		return &lockstep{oracle: k, subject: o, oracleName: "kernel (read-only)", lowers: lowers}
+	}
+}
+
 // runRandom is one check of the random state machine: draw two lower
 // layers, build the pair, then apply random operations in lockstep,
 // comparing results after each operation and trees before the first and

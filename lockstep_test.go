@@ -22,6 +22,13 @@ const noKernelEnv = "OVERLAY_NO_KERNEL"
 // short path of their own so that no test name reaches the mount options.
 func kernelMount(tb harnessTB, lowers ...layerSpec) (afero.Fs, error) {
 	tb.Helper()
+	return kernelMountAs(tb, false, lowers...)
+}
+
+// kernelMountAs is kernelMount, or with readOnly a mount with no upper
+// directory at all, which the kernel makes read-only.
+func kernelMountAs(tb harnessTB, readOnly bool, lowers ...layerSpec) (afero.Fs, error) {
+	tb.Helper()
 	base, err := os.MkdirTemp("", "ovlk-")
 	if err != nil {
 		return nil, err
@@ -49,6 +56,9 @@ func kernelMount(tb harnessTB, lowers ...layerSpec) (afero.Fs, error) {
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on",
 		strings.Join(lowerDirs, ":"), upper, work)
+	if readOnly {
+		opts = fmt.Sprintf("lowerdir=%s,redirect_dir=on", strings.Join(lowerDirs, ":"))
+	}
 	if err := syscall.Mount("overlay", mnt, "overlay", 0, opts); err != nil {
 		return nil, fmt.Errorf("mount -t overlay overlay -o %s %s: %w", opts, mnt, err)
 	}

@@ -353,7 +353,8 @@ func (o *Overlay) Remove(name string) error {
 
 // RemoveAll removes name and everything it contains, in every layer's view.
 // It returns nil if name does not exist (on a read-only overlay: EROFS, as
-// os.RemoveAll gives on a read-only mount).
+// os.RemoveAll gives on a read-only mount, unless a directory on the way is
+// missing too).
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) RemoveAll(name string) error {
 	defer o.use().done()

@@ -5,22 +5,22 @@ import (
 	"syscall"
 )
 
-// remove is Remove's worker. As on Linux, a read-only overlay refuses before
-// it looks the name up, and the root is busy.
+// remove is Remove's worker. The root is busy. As on Linux, a read-only
+// overlay refuses (EROFS) once the directories on the way are found, before
+// it looks at the name itself.
 func (o *Overlay) remove(name string) error {
-	if o.readOnly() {
-		return syscall.EROFS
-	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	r, err := o.walk(name, false)
 	switch {
 	case err != nil:
 		return err
+	case r.found && r.isRoot():
+		return syscall.EBUSY
+	case o.readOnly():
+		return syscall.EROFS
 	case !r.found:
 		return syscall.ENOENT
-	case r.isRoot():
-		return syscall.EBUSY
 	case r.isDir():
 		list, err := o.readMerged(r.entry)
 		if err != nil {
@@ -35,11 +35,10 @@ func (o *Overlay) remove(name string) error {
 
 // removeAll is RemoveAll's worker. Like os.RemoveAll on a mount point, for
 // the root it removes everything inside and then reports the root busy. A
-// read-only overlay refuses even a missing name, as Linux does.
+// name under a missing directory is already gone, even on a read-only
+// overlay; there any other name, even a missing one, is refused, as
+// os.RemoveAll on a read-only mount is.
 func (o *Overlay) removeAll(name string) error {
-	if o.readOnly() {
-		return syscall.EROFS
-	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	r, err := o.walk(name, false)
@@ -48,12 +47,32 @@ func (o *Overlay) removeAll(name string) error {
 		return nil
 	case err != nil:
 		return err
+	case o.readOnly():
+		return o.refuseRemoveAll(r)
 	case !r.found:
 		return nil
 	case r.isRoot():
 		return o.emptyRoot(r.entry)
 	}
 	return o.removeEntry(r)
+}
+
+// refuseRemoveAll is what os.RemoveAll gets on a read-only mount for the
+// name r: EROFS, but EBUSY for an empty root, which it tries to remove
+// itself (it first tries to remove what a root holds). The caller holds
+// o.mu.
+func (o *Overlay) refuseRemoveAll(r resolved) error {
+	if !r.found || !r.isRoot() {
+		return syscall.EROFS
+	}
+	list, err := o.readMerged(r.entry)
+	switch {
+	case err != nil:
+		return err
+	case len(list) > 0:
+		return syscall.EROFS
+	}
+	return syscall.EBUSY
 }
 
 // emptyRoot removes every name in the root directory root and returns EBUSY.

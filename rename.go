@@ -5,9 +5,6 @@ import "syscall"
 // rename is Rename's worker. A lower file is copied up first, outside the
 // lock; then the checks run again and the move happens under it.
 func (o *Overlay) rename(oldName, newName string) error {
-	if o.readOnly() {
-		return syscall.EROFS
-	}
 	for range maxRetries {
 		src, err := o.renameLocked(oldName, newName)
 		if err != errNeedCopyUp {
@@ -61,10 +58,12 @@ func (o *Overlay) renameCheck(oldName, newName string) (src, dst resolved, err e
 		return src, dst, serr
 	case derr != nil:
 		return src, dst, derr
+	case src.found && src.isRoot():
+		return src, dst, syscall.EXDEV
+	case o.readOnly():
+		return src, dst, syscall.EROFS // checked before the names themselves
 	case !src.found:
 		return src, dst, syscall.ENOENT
-	case src.isRoot():
-		return src, dst, syscall.EXDEV
 	case src.isDir() && under(dst.path, src.path):
 		return src, dst, syscall.EINVAL
 	case src.isDir() && dst.found:
