@@ -48,9 +48,7 @@ func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		for i, fi := range list {
-			list[i] = freeze(fi)
-		}
+		freezeAll(list)
 		upper, lowers = mergeDir([][]fs.FileInfo{list}), lowers[1:]
 		if len(lowers) > 0 {
 			lower = hiddenBy(list)
@@ -125,6 +123,16 @@ type frozenInfo struct {
 // freeze reads fi's fields once.
 func freeze(fi fs.FileInfo) fs.FileInfo {
 	return frozenInfo{fi.Name(), fi.Size(), fi.Mode(), fi.ModTime(), fi.Sys()}
+}
+
+// freezeAll freezes every FileInfo of list in place, all in one block of
+// memory: a listing of many entries makes one allocation, not one each.
+func freezeAll(list []fs.FileInfo) {
+	block := make([]frozenInfo, len(list))
+	for i, fi := range list {
+		block[i] = frozenInfo{fi.Name(), fi.Size(), fi.Mode(), fi.ModTime(), fi.Sys()}
+		list[i] = &block[i]
+	}
 }
 
 func (fi frozenInfo) Name() string       { return fi.name }

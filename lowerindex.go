@@ -127,9 +127,7 @@ func (o *Overlay) lowerListing(e lowerEntry) ([]fs.FileInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		for j, fi := range list {
-			list[j] = freeze(fi) // for the same reason as in remember
-		}
+		freezeAll(list) // for the same reason as in remember
 		listings = append(listings, list)
 	}
 	merged := mergeDir(listings)
