@@ -12,6 +12,9 @@ import (
 // whiteout hides its name in the listings below its own; reserved names
 // (markers and the work directory) are never shown.
 func mergeDir(listings [][]fs.FileInfo) []fs.FileInfo {
+	if len(listings) == 1 {
+		return visibleSorted(listings[0])
+	}
 	decided := make(map[string]bool)
 	var merged []fs.FileInfo
 	for _, list := range listings {
@@ -35,6 +38,22 @@ func mergeDir(listings [][]fs.FileInfo) []fs.FileInfo {
 	}
 	slices.SortFunc(merged, byName)
 	return merged
+}
+
+// visibleSorted is mergeDir of a single listing, which holds each name
+// once: its names but the reserved ones, sorted (a MemMapFs listing already
+// is).
+func visibleSorted(list []fs.FileInfo) []fs.FileInfo {
+	out := make([]fs.FileInfo, 0, len(list))
+	for _, fi := range list {
+		if !isReserved(fi.Name()) {
+			out = append(out, fi)
+		}
+	}
+	if !slices.IsSortedFunc(out, byName) {
+		slices.SortFunc(out, byName)
+	}
+	return out
 }
 
 // readMerged lists the merged directory e: the upper's listing, if the

@@ -65,6 +65,8 @@ func TestMergeDir(t *testing.T) {
 		{"whiteout in middle layer", [][]fs.FileInfo{listing("z"), listing(".wh.a"), listing("a")}, []string{"z"}},
 		{"upper copy above a middle whiteout", [][]fs.FileInfo{listing("a/"), listing(".wh.a"), listing("a")}, []string{"a/"}},
 		{"markers and work dir never shown", [][]fs.FileInfo{listing(opaqueMarker, workDir+"/", "k")}, []string{"k"}},
+		{"one listing sorted", [][]fs.FileInfo{listing("c", ".wh.a", "b/", "a")}, []string{"a", "b/", "c"}},
+		{"one listing of markers only", [][]fs.FileInfo{listing(".wh.a", opaqueMarker)}, nil},
 		{"empty", nil, nil},
 	}
 	for _, tt := range tests {
