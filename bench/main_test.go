@@ -17,6 +17,11 @@ var slowFlag = flag.Bool("bench.slow", false, "also run the quadratic peer cases
 // noKernelEnv, when set, skips the kernel overlay even when running as root.
 const noKernelEnv = "OVERLAY_NO_KERNEL"
 
+// diskDirEnv, when set, names a directory to hold the disk layers instead
+// of a tmpfs: OVERLAY_BENCH_DIR=/var/tmp measures them on the file system
+// that holds /var/tmp (ext4, say), in a fresh directory removed afterwards.
+const diskDirEnv = "OVERLAY_BENCH_DIR"
+
 // big reports whether the 1 GiB copy-up was asked for.
 func big() bool { return *bigFlag || os.Getenv("OVERLAY_BENCH_BIG") == "1" }
 
@@ -25,9 +30,20 @@ func slow() bool { return *slowFlag || os.Getenv("OVERLAY_BENCH_SLOW") == "1" }
 
 // diskRoot is the directory that holds every disk layer: a tmpfs that the
 // benchmarks mounted when running as root, a plain temporary directory
-// otherwise. It is set up by TestMain before any benchmark runs, since a
+// otherwise or where OVERLAY_BENCH_DIR asks for one. It is set up by TestMain before any benchmark runs, since a
 // benchmark must print nothing while it is measured.
 var diskRoot string
+
+// diskNote says why the disk layers are not on a tmpfs.
+func diskNote(onTmpfs bool) string {
+	switch {
+	case !onTmpfs:
+		return " (" + diskDirEnv + ")"
+	case !canMount():
+		return " (not root: no tmpfs, no kernel overlay)"
+	}
+	return " (the tmpfs mount failed)"
+}
 
 // TestMain prepares the disk root when benchmarks are to run, and removes it
 // (and every mount under it) afterwards.
@@ -54,12 +70,16 @@ func run(m *testing.M) int {
 // short on purpose: the kernel limits the overlay mount options, 64 lowers
 // included, to one page.
 func setupDiskRoot() (func(), error) {
-	dir, err := os.MkdirTemp("/tmp", "ob")
+	parent, onTmpfs := "/tmp", true
+	if d := os.Getenv(diskDirEnv); d != "" {
+		parent, onTmpfs = d, false
+	}
+	dir, err := os.MkdirTemp(parent, "ob")
 	if err != nil {
 		return nil, err
 	}
 	mounted := false
-	if canMount() {
+	if onTmpfs && canMount() {
 		if err := mountTmpfs(dir); err == nil {
 			mounted = true
 		} else {
@@ -69,7 +89,7 @@ func setupDiskRoot() (func(), error) {
 	if mounted {
 		fmt.Printf("disk: tmpfs mounted by the benchmarks at %s\n", dir)
 	} else {
-		fmt.Printf("disk: temporary directory %s on %s (not root: no tmpfs, no kernel overlay)\n", dir, fsTypeName(dir))
+		fmt.Printf("disk: temporary directory %s on %s%s\n", dir, fsTypeName(dir), diskNote(onTmpfs))
 	}
 	diskRoot = dir
 	return func() {

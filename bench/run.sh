@@ -18,6 +18,10 @@
 #   OVERLAY_BENCH_BIG=1   adds the 1 GiB copy-up (slow; several GiB of RAM)
 #   OVERLAY_BENCH_SLOW=1  adds the quadratic peer cases (minutes each)
 #   OVERLAY_NO_KERNEL=1   skips the kernel overlay even as root
+#   OVERLAY_BENCH_DIR=D   puts the disk layers in a fresh directory under D
+#                         instead of a tmpfs: OVERLAY_BENCH_DIR=/var/tmp
+#                         BENCH=/fs=disk/ measures them on ext4 where /var/tmp
+#                         is on ext4
 # As root the disk layers live on a tmpfs that the benchmarks mount, and the
 # kernel overlay is measured; otherwise they live in a temporary directory.
 #
