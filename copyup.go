@@ -164,7 +164,10 @@ func (o *Overlay) copySymlink(e entry, tmp string) error {
 }
 
 // copyContent streams e's bytes into the new upper file tmp (none if data is
-// false). Memory use is constant whatever the file's size.
+// false). Memory use is constant whatever the file's size. The bytes are
+// synced before the copy can take the lower file's place, as the kernel
+// syncs a copy-up (unless WithVolatile): otherwise a power loss could leave
+// an empty file where the lower one showed its content.
 func (o *Overlay) copyContent(e entry, tmp string, data bool) error {
 	dst, err := o.layers[0].open(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -173,6 +176,9 @@ func (o *Overlay) copyContent(e entry, tmp string, data bool) error {
 	if data {
 		reserve(dst, e.info.Size())
 		err = copyFrom(dst, o.layers[e.layer], e.src())
+		if err == nil && e.info.Size() > 0 && !o.cfg.volatile {
+			err = dst.Sync()
+		}
 	}
 	if cerr := dst.Close(); err == nil {
 		err = cerr

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spf13/afero"
+	"github.com/stackfs/overlay/overlaytest"
 )
 
 // timedLayer returns a read-only lower where every entry has lowerTime.
@@ -436,5 +437,64 @@ func TestCopyUpOwners(t *testing.T) {
 		if got := readString(o, "f"); got != "x" {
 			t.Errorf("refuse=%v: ReadFile(f) = %q, want %q", refuse, got, "x")
 		}
+	}
+}
+
+// TestCopyUpSyncs checks that a copy-up syncs the copied bytes before the
+// copy takes the lower file's place, as the kernel does, and that
+// WithVolatile and copy-ups without data skip it.
+func TestCopyUpSyncs(t *testing.T) {
+	tests := []struct {
+		name      string
+		content   string
+		flag      int
+		opts      []Option
+		wantSyncs int
+	}{
+		{"data", "lower bytes", os.O_RDWR, nil, 1},
+		{"volatile", "lower bytes", os.O_RDWR, []Option{WithVolatile()}, 0},
+		{"empty file", "", os.O_RDWR, nil, 0},
+		{"truncated", "lower bytes", os.O_RDWR | os.O_TRUNC, nil, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			upper := overlaytest.NewFaultFs(afero.NewMemMapFs())
+			o, err := New(upper.Fs(), []afero.Fs{timedLayer(map[string]string{"f": tt.content}, nil)}, tt.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			upper.Arm(overlaytest.Fault{}) // count only
+			f, err := o.OpenFile("f", tt.flag, 0)
+			if err != nil {
+				t.Fatalf("OpenFile: %v", err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := upper.Calls(overlaytest.OpSync); got != tt.wantSyncs {
+				t.Errorf("copy-up made %d Sync calls, want %d", got, tt.wantSyncs)
+			}
+		})
+	}
+}
+
+// TestCopyUpSyncFailureShowsLower checks that a copy-up whose sync fails
+// fails, leaving the lower file in view and no copy behind.
+func TestCopyUpSyncFailureShowsLower(t *testing.T) {
+	mem := afero.NewMemMapFs()
+	upper := overlaytest.NewFaultFs(mem)
+	o, err := New(upper.Fs(), []afero.Fs{timedLayer(map[string]string{"d/f": "lower bytes"}, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upper.Arm(overlaytest.Fault{Op: overlaytest.OpSync, N: 1})
+	if _, err := o.OpenFile("d/f", os.O_RDWR, 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("OpenFile(O_RDWR) with a failing sync = %v, want EIO", err)
+	}
+	if got, err := afero.ReadFile(o, "d/f"); err != nil || string(got) != "lower bytes" {
+		t.Errorf("d/f after the failed copy-up = %q, %v; want the lower bytes", got, err)
+	}
+	if ok, _ := afero.Exists(mem, "/d/f"); ok {
+		t.Error("the unsynced copy became visible in the upper")
 	}
 }

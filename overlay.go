@@ -142,6 +142,7 @@ type Option func(*config)
 type config struct {
 	format    Format
 	userXattr bool
+	volatile  bool
 }
 
 // Format is how a layer marks whiteouts and opaque directories.
@@ -184,6 +185,16 @@ func WithFormat(f Format) Option {
 // does. It needs no privilege.
 func WithUserXattr() Option {
 	return func(c *config) { c.userXattr = true }
+}
+
+// WithVolatile skips the fsync that makes a copied-up file's bytes durable
+// before the copy takes the lower file's place, as the kernel's volatile
+// mount option does. Copy-up on a disk upper is then as fast as a plain
+// copy, but after a power loss or an operating-system crash (not a crash
+// of the process) a copied-up file may show up empty or partly written.
+// Layers whose files do nothing on Sync, such as MemMapFs, gain nothing.
+func WithVolatile() Option {
+	return func(c *config) { c.volatile = true }
 }
 
 // New returns an Overlay of upper over lowers. lowers[0] is the topmost
