@@ -466,7 +466,7 @@ func coldReaddirLoop(b *testing.B, t *tree, impl, dir string, want int) {
 			err  error
 		)
 		if impl == implOverlay {
-			fsys, err = overlay.New(t.upper.fs, t.lowerFss())
+			fsys, err = overlay.New(t.upper.fs, t.lowerFss(), overlayOptions()...)
 		} else {
 			var mnt string
 			if mnt, err = mountKernel(t, t.upper.dir); err == nil {

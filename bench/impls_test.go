@@ -46,7 +46,7 @@ func readFs(b *testing.B, t *tree, impl string) afero.Fs {
 func layered(b *testing.B, t *tree, impl string, upper layerDir) (afero.Fs, error) {
 	switch impl {
 	case implOverlay:
-		return overlay.New(upper.fs, t.lowerFss())
+		return overlay.New(upper.fs, t.lowerFss(), overlayOptions()...)
 	case implCow:
 		return cowChain(t.lowerFss(), upper.fs), nil
 	case implBep:

@@ -22,6 +22,8 @@
 #                         instead of a tmpfs: OVERLAY_BENCH_DIR=/var/tmp
 #                         BENCH=/fs=disk/ measures them on ext4 where /var/tmp
 #                         is on ext4
+#   OVERLAY_BENCH_VOLATILE=1  copy-ups skip their sync: overlay.WithVolatile,
+#                         and the kernel overlay mounted with volatile
 # As root the disk layers live on a tmpfs that the benchmarks mount, and the
 # kernel overlay is measured; otherwise they live in a temporary directory.
 #

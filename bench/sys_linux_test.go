@@ -30,9 +30,13 @@ func unmount(dir string) error {
 }
 
 // mountOverlay mounts the kernel overlayfs on mnt, lowers[0] topmost, as the
-// library's tests do: with redirect_dir=on.
+// library's tests do: with redirect_dir=on (and volatile where
+// OVERLAY_BENCH_VOLATILE asks for it).
 func mountOverlay(lowers []string, upper, work, mnt string) error {
 	opts := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + upper + ",workdir=" + work + ",redirect_dir=on"
+	if volatile() {
+		opts += ",volatile"
+	}
 	if len(opts) >= os.Getpagesize() {
 		return fmt.Errorf("overlay mount options are %d bytes, over the kernel's one-page limit", len(opts))
 	}
