@@ -222,12 +222,14 @@ func (o *Overlay) redirectedTo(dir, lp string, lowers bool) (string, bool, error
 	switch {
 	case err != nil || !ok:
 		return lp, lowers, err
+	case abs && o.hasLowers():
+		return o.reachLowers(target)
 	case abs:
-		return target, o.hasLowers(), nil
+		return target, false, nil
 	case !lowers:
 		return lp, false, nil
 	}
-	return join(parentOf(lp), target), true, nil
+	return o.reachLowers(join(parentOf(lp), target))
 }
 
 // hasLowers reports whether the overlay's root merges any lower.
@@ -247,9 +249,8 @@ func (o *Overlay) lowerRedirect(l layer, dir string) (target string, abs, ok boo
 // readRedirect returns the redirect xattr of the directory dir of the
 // kernel-format layer l, if it has one: the target in the overlay's name
 // form, and whether it is absolute (a name from the root) rather than
-// relative (a sibling's name). A target the kernel refuses, with an empty
-// component or a relative one with a slash, is EINVAL, and so is one that
-// is not a clean name. With WithUserXattr the redirect is refused.
+// relative (a sibling's name). A target validRedirect refuses is EINVAL.
+// With WithUserXattr the redirect is refused.
 func (o *Overlay) readRedirect(l layer, dir string) (target string, abs, ok bool, err error) {
 	t, ok, err := l.redirect(dir)
 	switch {
@@ -262,11 +263,71 @@ func (o *Overlay) readRedirect(l layer, dir string) (target string, abs, ok bool
 	if abs {
 		t = t[1:]
 	}
-	c, err := cleanName(t)
-	if err != nil || c != t || t == "" || t == "." || !abs && strings.Contains(t, "/") {
+	if !validRedirect(t, abs) {
 		return "", false, false, &fs.PathError{Op: "getxattr", Path: dir, Err: syscall.EINVAL}
 	}
 	return t, abs, true, nil
+}
+
+// validRedirect reports whether t, a redirect target without its leading
+// slash (abs says it had one), is one the overlay follows. The kernel
+// refuses an empty target, an empty component and a relative target with
+// a slash when it reads the xattr; the overlay also refuses what it cannot
+// name (a NUL byte, a component over 255 bytes, a reserved name). "." and
+// ".." components pass: the kernel fails only the lookup that reaches one
+// (see isDotName).
+func validRedirect(t string, abs bool) bool {
+	if t == "" || !abs && strings.Contains(t, "/") || strings.IndexByte(t, 0) >= 0 {
+		return false
+	}
+	for c := range strings.SplitSeq(t, "/") {
+		if c == "" || len(c) > maxNameLen || isReserved(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// isDotName reports whether the component c of a redirect target is "."
+// or "..". The kernel looks redirect targets up one component at a time
+// (lookup_one_len), which refuses those two with EACCES: a lookup that
+// reaches one in any lower fails with EACCES, and one that stops before
+// it (at a missing name, say) does not.
+func isDotName(c string) bool {
+	return c == "." || c == ".."
+}
+
+// reachLowers returns p, the name at which the lowers hold a directory of
+// the upper that a redirect sends there, and whether they hold it. Where
+// p has a "." or ".." component, the lookup fails with EACCES if the
+// lowers hold the directory before that component, and finds nothing
+// otherwise, as the kernel's does.
+func (o *Overlay) reachLowers(p string) (string, bool, error) {
+	before, dots := beforeDots(p)
+	if !dots {
+		return p, true, nil
+	}
+	e, err := o.lowerOnly(before)
+	switch {
+	case err != nil:
+		return "", false, err
+	case e.found && e.isDir() && len(e.dirs) > 0:
+		return "", false, syscall.EACCES
+	}
+	return p, false, nil
+}
+
+// beforeDots returns the components of p before its first "." or ".."
+// component ("." if that is the first), and whether p has one.
+func beforeDots(p string) (string, bool) {
+	before := "."
+	for c := range strings.SplitSeq(p, "/") {
+		if isDotName(c) {
+			return before, true
+		}
+		before = join(before, c)
+	}
+	return p, false
 }
 
 // moveRedirect renames a directory that lower layers contribute to, in a

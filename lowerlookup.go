@@ -3,6 +3,7 @@ package overlay
 import (
 	"io/fs"
 	"strings"
+	"syscall"
 )
 
 // lowerLookup is the state of one lookup through the lower layers, as the
@@ -96,6 +97,9 @@ func (o *Overlay) lowerRootStack() lowerEntry {
 // directory it found. It returns the copy's name in the layer.
 func (o *Overlay) lookupIn(i int, dir string, st *lowerLookup) (string, fs.FileInfo, bool, error) {
 	if !st.absolute() {
+		if isDotName(st.name) {
+			return "", nil, false, syscall.EACCES
+		}
 		q := join(dir, st.name)
 		info, found, err := o.lookupStep(i, q, 0, "", st)
 		return q, info, found, err
@@ -103,6 +107,9 @@ func (o *Overlay) lookupIn(i int, dir string, st *lowerLookup) (string, fs.FileI
 	q, rest := ".", st.name[1:]
 	for {
 		c, after, more := strings.Cut(rest, "/")
+		if isDotName(c) {
+			return "", nil, false, syscall.EACCES
+		}
 		post := ""
 		if more {
 			post = rest[len(c):]

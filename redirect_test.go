@@ -173,6 +173,26 @@ var redirectCases = []redirectCase{
 		unlisted:  true,
 	},
 	{
+		name: "dot and dot-dot in redirects",
+		lowers: []layerSpec{
+			{"n": specDir(0o755), "m": specDir(0o755), "r": specDir(0o755), "p": specDir(0o755)},
+			{"o": specDir(0o755)},
+		},
+		redirects: []redirectXattr{{0, "n", "/o/../o"}, {0, "m", "/./o"}, {0, "r", ".."}, {0, "p", "."}},
+		want:      []scenarioStep{expect(doStat("n"), "EACCES"), expect(doStat("m"), "EACCES"), expect(doStat("r"), "EACCES"), expect(doStat("p"), "EACCES")},
+		unlisted:  true,
+	},
+	{
+		name: "a redirect walk that stops before its dot-dot finds nothing",
+		lowers: []layerSpec{
+			{"n": specDir(0o755), "n/x": specFile("x", 0o644)},
+			{"o/q": specFile("q", 0o644), "f": specFile("f", 0o644)},
+		},
+		redirects: []redirectXattr{{0, "n", "/missing/../o"}},
+		want:      []scenarioStep{expect(doReadDirNames("n"), "ok: x")},
+		then:      []fsOp{doRename("n", "k")},
+	},
+	{
 		name:      "redirect in the bottom lower is not read",
 		lowers:    []layerSpec{{"x": specDir(0o755)}, {"n": specDir(0o755), "o/q": specFile("q", 0o644)}},
 		redirects: []redirectXattr{{1, "n", "/o/"}},
@@ -587,5 +607,45 @@ func TestLowerRedirectUserXattr(t *testing.T) {
 	var pe *fs.PathError
 	if !errors.Is(err, syscall.EPERM) || !errors.Is(err, ErrRedirect) || !errors.As(err, &pe) || pe.Path != "new" {
 		t.Errorf("Stat(new) = %v, want a *fs.PathError for new matching EPERM and ErrRedirect", err)
+	}
+}
+
+// TestUpperRedirectDots checks redirects with "." and ".." components in a
+// kernel-format upper against the kernel mounted on the same directories:
+// the lookup that reaches such a component in a lower fails with EACCES,
+// and one that stops before it merges nothing.
+func TestUpperRedirectDots(t *testing.T) {
+	kernelOracle(t)
+	tests := []struct {
+		target string
+		want   []scenarioStep
+	}{
+		{"/o/../o", []scenarioStep{expect(doStat("n"), "EACCES")}},
+		{"/./o", []scenarioStep{expect(doStat("n"), "EACCES")}},
+		{"..", []scenarioStep{expect(doStat("n"), "EACCES")}},
+		{".", []scenarioStep{expect(doStat("n"), "EACCES")}},
+		{"/missing/../o", []scenarioStep{expect(doReadDirNames("n"), "ok: x")}},
+		{"/o/q/../o", []scenarioStep{expect(doReadDirNames("n"), "ok: x")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.target, func(t *testing.T) {
+			lowers := []layerSpec{{"o/q": specFile("q", 0o644)}}
+			s := buildKernelFormatDirs(t, "ovlud-", lowers)
+			n := filepath.Join(s.upper, "n")
+			if err := os.MkdirAll(filepath.Join(n, "x"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			setRedirectXattr(t, n, tt.target)
+			ls := &lockstep{oracle: s.mountOn(t), subject: s.open(t, nil), oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: lowers}
+			for _, st := range tt.want {
+				want, _, p := ls.apply(st.op)
+				if want.String() != st.want {
+					t.Errorf("row out of date: the kernel returned %q for %v, the row pins %q", want, st.op, st.want)
+				}
+				if p != "" {
+					t.Fatal(ls.report(p))
+				}
+			}
+		})
 	}
 }
