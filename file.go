@@ -177,6 +177,9 @@ func (f *file) Close() error {
 		f.o.handles.release(f.node)
 		f.node = nil
 	}
+	if f.dir != nil {
+		f.o.handles.release(&f.dir.node)
+	}
 	if f.f == nil || f.keepTimes && mtimeOnlyClose(f.f) {
 		return nil
 	}
@@ -344,8 +347,11 @@ func cleanOrRoot(name string) string {
 
 // dirHandle is the state of an open merged directory. Its listing is read
 // on first use and kept until rewound, as the kernel's readdir cache is.
+// Its node, in the overlay's handle set, names the directory: it follows
+// renames, and a listing of a removed directory fails with ENOENT, as
+// getdents on a removed directory does.
 type dirHandle struct {
-	path   string
+	node   node
 	info   fs.FileInfo // the topmost copy when opened
 	list   []fs.FileInfo
 	loaded bool
@@ -354,7 +360,11 @@ type dirHandle struct {
 // next returns up to n entries (all if n <= 0) from the current position.
 func (d *dirHandle) next(o *Overlay, n int) ([]fs.FileInfo, error) {
 	if !d.loaded {
-		list, err := o.listDir(d.path)
+		dir, ok := o.handles.name(&d.node)
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		list, err := o.listDir(dir)
 		if err != nil {
 			return nil, err
 		}
@@ -366,15 +376,25 @@ func (d *dirHandle) next(o *Overlay, n int) ([]fs.FileInfo, error) {
 		if rest == nil {
 			rest = []fs.FileInfo{}
 		}
-		return rest, nil
+		return rest, d.end(o, nil)
 	}
 	if len(d.list) == 0 {
-		return nil, io.EOF
+		return nil, d.end(o, io.EOF)
 	}
 	n = min(n, len(d.list))
 	page := d.list[:n:n]
 	d.list = d.list[n:]
 	return page, nil
+}
+
+// end is what reaching the end of the listing reports: atEnd, or ENOENT if
+// the directory was removed since it was opened, as getdents reports when
+// asked for more of a removed directory.
+func (d *dirHandle) end(o *Overlay, atEnd error) error {
+	if _, ok := o.handles.name(&d.node); !ok {
+		return syscall.ENOENT
+	}
+	return atEnd
 }
 
 // rewind makes the next read list the directory afresh.
@@ -385,8 +405,12 @@ func (d *dirHandle) rewind() {
 // stat returns the topmost copy of the directory as it is now, or as it was
 // when opened if it has gone since.
 func (d *dirHandle) stat(o *Overlay) fs.FileInfo {
+	dir, ok := o.handles.name(&d.node)
+	if !ok {
+		return d.info
+	}
 	o.mu.RLock()
-	r, err := o.walk(d.path, false)
+	r, err := o.walk(dir, false)
 	o.mu.RUnlock()
 	if err != nil || !r.found {
 		return d.info
@@ -408,7 +432,8 @@ func (o *Overlay) listDir(dir string) ([]fs.FileInfo, error) {
 
 // handleSet tracks the lower files that read-only handles have open, so that
 // a handle can follow its file into the upper after a copy-up, and after a
-// rename, as on Linux since 4.19.
+// rename, as on Linux since 4.19; and the directories that handles have
+// open, so that they follow renames and see removals.
 type handleSet struct {
 	mu    sync.Mutex       // guards nodes and every node's path, upper and next
 	nodes map[string]*node // by resolved name: the first of the handles on it
@@ -426,6 +451,7 @@ type node struct {
 	path  string
 	upper layer         // the upper the file was copied up to; fs is nil before
 	next  *node         // the next handle on the same name
+	gone  bool          // whether the name was removed or replaced
 	gen   atomic.Uint64 // bumped on every change a handle must see
 }
 
@@ -476,6 +502,14 @@ func (s *handleSet) where(n *node) (string, layer, uint64) {
 	return n.path, n.upper, n.gen.Load()
 }
 
+// name returns n's current name, and false if it was removed or replaced
+// since.
+func (s *handleSet) name(n *node) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return n.path, !n.gone
+}
+
 // copiedUp records that name now has its copy in the upper up.
 func (s *handleSet) copiedUp(name string, up layer) {
 	s.mu.Lock()
@@ -493,6 +527,10 @@ func (s *handleSet) renamed(oldName, newName string, up layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.epoch.Add(1)
+	if oldName == newName {
+		return
+	}
+	s.forget(newName)
 	var moved []*node
 	for p, n := range s.nodes {
 		if under(p, oldName) {
@@ -516,9 +554,18 @@ func (s *handleSet) removed(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.epoch.Add(1)
-	for p := range s.nodes {
+	s.forget(name)
+}
+
+// forget drops the handles on name and everything under it from the set,
+// marking them gone. The caller holds s.mu.
+func (s *handleSet) forget(name string) {
+	for p, first := range s.nodes {
 		if under(p, name) {
 			delete(s.nodes, p)
+			for n := first; n != nil; n = n.next {
+				n.gone = true
+			}
 		}
 	}
 }

@@ -75,7 +75,7 @@ func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero
 	case e.isDir() && (writeIntent(flag) || flag&os.O_CREATE != 0):
 		return nil, syscall.EISDIR
 	case e.isDir():
-		return &file{o: o, name: name, flag: flag, dir: &dirHandle{path: e.path, info: namedInfo{e.info, baseOf(cleanOrRoot(name))}}}, nil
+		return o.openDir(name, e, flag, since)
 	case !writeIntent(flag):
 		return o.openReader(name, e, flag, since)
 	case o.readOnly():
@@ -129,6 +129,18 @@ func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afer
 		}
 	}
 	return f, nil
+}
+
+// openDir opens the directory e. Its handle is tracked, so that it follows
+// the directory across renames and knows when it was removed, as a handle
+// on a kernel overlay does; like openReader it fails with errStale if e
+// changed since it was looked up.
+func (o *Overlay) openDir(name string, e entry, flag int, since uint64) (afero.File, error) {
+	d := &dirHandle{info: namedInfo{e.info, baseOf(cleanOrRoot(name))}}
+	if !o.handles.acquire(e.path, &d.node, since) {
+		return nil, errStale
+	}
+	return &file{o: o, name: name, flag: flag, dir: d}, nil
 }
 
 // beforeTracking, when set (by the tests), runs between the lookup of a

@@ -1,0 +1,175 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/spf13/afero"
+)
+
+// handleScenario opens handles, changes names under them and reports what
+// the handles then show, one line per observation, so that the overlay's
+// lines can be compared with a kernel mount's.
+type handleScenario struct {
+	name   string
+	lowers []layerSpec
+	run    func(fsys afero.Fs, r *handleReport)
+}
+
+// handleReport collects a scenario's observations.
+type handleReport struct{ lines []string }
+
+// note records what a call returned: its errno (or "ok") and a value.
+func (r *handleReport) note(what string, v any, err error) {
+	r.lines = append(r.lines, fmt.Sprintf("%s: %s %v", what, errnoName(err), v))
+}
+
+// errnoName names err's errno, "ok" for nil, "EOF" for io.EOF.
+func errnoName(err error) string {
+	var errno syscall.Errno
+	switch {
+	case err == nil:
+		return "ok"
+	case err == io.EOF:
+		return "EOF"
+	case errors.As(err, &errno):
+		return fmt.Sprintf("errno %d", int(errno))
+	}
+	return "error without errno: " + err.Error()
+}
+
+// must fails the scenario run if a setup step fails.
+func must(r *handleReport, what string, err error) {
+	if err != nil {
+		r.note("setup "+what, nil, err)
+	}
+}
+
+// readAll reads what is left in f.
+func readAll(f afero.File) (string, error) {
+	b, err := io.ReadAll(f)
+	return string(b), err
+}
+
+// names lists the rest of the directory handle f, sorted (the kernel's
+// order is not).
+func names(f afero.File) ([]string, error) {
+	n, err := f.Readdirnames(-1)
+	slices.Sort(n)
+	return n, err
+}
+
+var handleScenarios = []handleScenario{
+	{
+		name:   "directory handle follows a rename",
+		lowers: []layerSpec{{"d/a": specFile("a", 0o644)}},
+		run: func(fsys afero.Fs, r *handleReport) {
+			f, err := fsys.Open("d")
+			must(r, "open", err)
+			must(r, "rename", fsys.Rename("d", "e"))
+			must(r, "mkdir", fsys.Mkdir("d", 0o755))
+			must(r, "write", afero.WriteFile(fsys, "d/new", nil, 0o644))
+			n, err := names(f)
+			r.note("readdir after rename", n, err)
+			_, err = f.Seek(0, io.SeekStart)
+			must(r, "seek", err)
+			must(r, "rename again", fsys.Rename("e", "e2"))
+			n, err = names(f)
+			r.note("readdir after rewind and rename", n, err)
+			must(r, "close", f.Close())
+		},
+	},
+	{
+		name:   "directory handle follows its parent's rename",
+		lowers: []layerSpec{{"p/d/a": specFile("a", 0o644), "p/d/b": specFile("b", 0o644)}},
+		run: func(fsys afero.Fs, r *handleReport) {
+			f, err := fsys.Open("p/d")
+			must(r, "open", err)
+			must(r, "remove", fsys.Remove("p/d/b"))
+			must(r, "rename", fsys.Rename("p", "q"))
+			n, err := names(f)
+			r.note("readdir after parent rename", n, err)
+			must(r, "close", f.Close())
+		},
+	},
+	{
+		name:   "directory handle of a removed directory",
+		lowers: []layerSpec{{"g/x": specFile("x", 0o644)}},
+		run: func(fsys afero.Fs, r *handleReport) {
+			f, err := fsys.Open("g")
+			must(r, "open", err)
+			must(r, "remove file", fsys.Remove("g/x"))
+			must(r, "remove dir", fsys.Remove("g"))
+			must(r, "mkdir", fsys.Mkdir("g", 0o755))
+			must(r, "write", afero.WriteFile(fsys, "g/y", nil, 0o644))
+			n, err := names(f)
+			r.note("readdir after remove", n, err)
+			must(r, "close", f.Close())
+		},
+	},
+	{
+		name:   "directory handle read before the removal keeps its listing",
+		lowers: []layerSpec{{"g/x": specFile("x", 0o644), "g/y": specFile("y", 0o644)}},
+		run: func(fsys afero.Fs, r *handleReport) {
+			f, err := fsys.Open("g")
+			must(r, "open", err)
+			first, err := f.Readdirnames(1)
+			r.note("first entry count", len(first), err)
+			must(r, "remove all", fsys.RemoveAll("g"))
+			rest, err := f.Readdirnames(-1)
+			r.note("rest count", len(rest), err)
+			must(r, "close", f.Close())
+		},
+	},
+	{
+		name:   "read handle on a file that a rename replaced",
+		lowers: []layerSpec{{"a": specFile("A", 0o644), "b": specFile("B", 0o644)}},
+		run: func(fsys afero.Fs, r *handleReport) {
+			f, err := fsys.Open("b")
+			must(r, "open", err)
+			must(r, "rename a b", fsys.Rename("a", "b"))
+			must(r, "rename b c", fsys.Rename("b", "c"))
+			must(r, "write c", afero.WriteFile(fsys, "c", []byte("C"), 0o644))
+			s, err := readAll(f)
+			r.note("read", s, err)
+			must(r, "close", f.Close())
+		},
+	},
+	{
+		name:   "read handle follows a rename, then a copy-up",
+		lowers: []layerSpec{{"a": specFile("A", 0o644)}},
+		run: func(fsys afero.Fs, r *handleReport) {
+			f, err := fsys.Open("a")
+			must(r, "open", err)
+			must(r, "rename", fsys.Rename("a", "b"))
+			must(r, "write", afero.WriteFile(fsys, "b", []byte("new"), 0o644))
+			s, err := readAll(f)
+			r.note("read", s, err)
+			must(r, "close", f.Close())
+		},
+	},
+}
+
+// TestHandlesAgainstKernel runs each handle scenario on a kernel overlay
+// mount and on the overlay (MemMapFs and disk layers) and compares what
+// the handles showed.
+func TestHandlesAgainstKernel(t *testing.T) {
+	for _, sc := range handleScenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			var want handleReport
+			sc.run(kernelOracle(t, sc.lowers...), &want)
+			for _, mode := range []subjectMode{memLayers, diskLayers} {
+				var got handleReport
+				sc.run(buildSubject(t, mode, sc.lowers...), &got)
+				if w, g := strings.Join(want.lines, "\n"), strings.Join(got.lines, "\n"); w != g {
+					t.Errorf("%s layers:\nkernel:\n%s\noverlay:\n%s", mode, w, g)
+				}
+			}
+		})
+	}
+}
