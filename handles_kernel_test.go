@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -153,6 +154,40 @@ var handleScenarios = []handleScenario{
 			must(r, "close", f.Close())
 		},
 	},
+	{
+		name:   "read handle on a removed file keeps reading it",
+		lowers: []layerSpec{{"a": specFile("old", 0o644)}},
+		run: func(fsys afero.Fs, r *handleReport) {
+			f, err := fsys.Open("a")
+			must(r, "open", err)
+			must(r, "remove", fsys.Remove("a"))
+			must(r, "write", afero.WriteFile(fsys, "a", []byte("new"), 0o644))
+			s, err := readAll(f)
+			r.note("read", s, err)
+			must(r, "close", f.Close())
+		},
+	},
+	{
+		name:   "read handle follows a copy-up that truncated the file",
+		lowers: []layerSpec{{"a": specFile("lower content", 0o644)}},
+		run: func(fsys afero.Fs, r *handleReport) {
+			f, err := fsys.Open("a")
+			must(r, "open", err)
+			b := make([]byte, 3)
+			n, err := f.Read(b)
+			r.note("first read", string(b[:n]), err)
+			w, err := fsys.OpenFile("a", os.O_WRONLY|os.O_TRUNC, 0)
+			must(r, "open for writing", err)
+			if w != nil {
+				_, err = w.Write([]byte("upper content, longer"))
+				must(r, "write", err)
+				must(r, "close writer", w.Close())
+			}
+			s, err := readAll(f)
+			r.note("rest", s, err)
+			must(r, "close", f.Close())
+		},
+	},
 }
 
 // TestHandlesAgainstKernel runs each handle scenario on a kernel overlay
@@ -163,6 +198,11 @@ func TestHandlesAgainstKernel(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			var want handleReport
 			sc.run(kernelOracle(t, sc.lowers...), &want)
+			for _, l := range want.lines {
+				if strings.HasPrefix(l, "setup ") {
+					t.Fatalf("scenario out of date: on the kernel, %s", l)
+				}
+			}
 			for _, mode := range []subjectMode{memLayers, diskLayers} {
 				var got handleReport
 				sc.run(buildSubject(t, mode, sc.lowers...), &got)
