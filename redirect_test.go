@@ -228,15 +228,7 @@ func runRedirectCase(t *testing.T, ls *lockstep, rc redirectCase) {
 	if p := ls.checkTree(); p != "" && !rc.unlisted {
 		t.Fatal(ls.report("before any operation: " + p))
 	}
-	for _, st := range rc.want {
-		want, _, p := ls.apply(st.op)
-		if want.String() != st.want {
-			t.Errorf("row out of date: the kernel returned %q for %v, the row pins %q", want, st.op, st.want)
-		}
-		if p != "" {
-			t.Fatal(ls.report(p))
-		}
-	}
+	applyPinned(t, ls, rc.want)
 	if o := ls.subject.(*Overlay); o.readOnly() {
 		return // os.Rename says EEXIST for an existing directory before the kernel's EROFS; the read-only overlay says EROFS first
 	}
@@ -244,6 +236,21 @@ func runRedirectCase(t *testing.T, ls *lockstep, rc redirectCase) {
 		_, _, p := ls.apply(op)
 		if p == "" {
 			p = ls.checkTree()
+		}
+		if p != "" {
+			t.Fatal(ls.report(p))
+		}
+	}
+}
+
+// applyPinned applies the steps to ls's kernel and overlay, failing where
+// they differ and where the kernel's result is not the one the step pins.
+func applyPinned(t *testing.T, ls *lockstep, steps []scenarioStep) {
+	t.Helper()
+	for _, st := range steps {
+		want, _, p := ls.apply(st.op)
+		if want.String() != st.want {
+			t.Errorf("row out of date: the kernel returned %q for %v, the row pins %q", want, st.op, st.want)
 		}
 		if p != "" {
 			t.Fatal(ls.report(p))
@@ -637,15 +644,7 @@ func TestUpperRedirectDots(t *testing.T) {
 			}
 			setRedirectXattr(t, n, tt.target)
 			ls := &lockstep{oracle: s.mountOn(t), subject: s.open(t, nil), oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: lowers}
-			for _, st := range tt.want {
-				want, _, p := ls.apply(st.op)
-				if want.String() != st.want {
-					t.Errorf("row out of date: the kernel returned %q for %v, the row pins %q", want, st.op, st.want)
-				}
-				if p != "" {
-					t.Fatal(ls.report(p))
-				}
-			}
+			applyPinned(t, ls, tt.want)
 		})
 	}
 }
