@@ -435,7 +435,7 @@ func (o *Overlay) listDir(dir string) ([]fs.FileInfo, error) {
 // rename, as on Linux since 4.19; and the directories that handles have
 // open, so that they follow renames and see removals.
 type handleSet struct {
-	mu    sync.Mutex       // guards nodes and every node's path, upper and next
+	mu    sync.Mutex       // guards nodes and every node's path, upper, next and gone
 	nodes map[string]*node // by resolved name: the first of the handles on it
 
 	// epoch counts the copy-ups, renames and removals reported, so that a
@@ -444,9 +444,9 @@ type handleSet struct {
 	epoch atomic.Uint64
 }
 
-// node is one read-only handle's record of the lower file it has open. It
-// lives in the handle, so that opening allocates nothing more; the handles
-// on one name are chained.
+// node is one handle's record of the lower file (read-only handles) or the
+// directory it has open. It lives in the handle, so that opening allocates
+// nothing more; the handles on one name are chained.
 type node struct {
 	path  string
 	upper layer         // the upper the file was copied up to; fs is nil before
