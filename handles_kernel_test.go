@@ -19,7 +19,22 @@ import (
 type handleScenario struct {
 	name   string
 	lowers []layerSpec
-	run    func(fsys afero.Fs, r *handleReport)
+	open   string // the name whose handle run gets, closed after it
+	run    func(fsys afero.Fs, f afero.File, r *handleReport)
+}
+
+// play opens sc.open in fsys, runs sc on the handle, closes it and returns
+// what was seen.
+func (sc handleScenario) play(fsys afero.Fs) handleReport {
+	var r handleReport
+	f, err := fsys.Open(sc.open)
+	if err != nil {
+		must(&r, "open", err)
+		return r
+	}
+	sc.run(fsys, f, &r)
+	must(&r, "close", f.Close())
+	return r
 }
 
 // handleReport collects a scenario's observations.
@@ -69,9 +84,8 @@ var handleScenarios = []handleScenario{
 	{
 		name:   "directory handle follows a rename",
 		lowers: []layerSpec{{"d/a": specFile("a", 0o644)}},
-		run: func(fsys afero.Fs, r *handleReport) {
-			f, err := fsys.Open("d")
-			must(r, "open", err)
+		open:   "d",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
 			must(r, "rename", fsys.Rename("d", "e"))
 			must(r, "mkdir", fsys.Mkdir("d", 0o755))
 			must(r, "write", afero.WriteFile(fsys, "d/new", nil, 0o644))
@@ -82,97 +96,83 @@ var handleScenarios = []handleScenario{
 			must(r, "rename again", fsys.Rename("e", "e2"))
 			n, err = names(f)
 			r.note("readdir after rewind and rename", n, err)
-			must(r, "close", f.Close())
 		},
 	},
 	{
 		name:   "directory handle follows its parent's rename",
 		lowers: []layerSpec{{"p/d/a": specFile("a", 0o644), "p/d/b": specFile("b", 0o644)}},
-		run: func(fsys afero.Fs, r *handleReport) {
-			f, err := fsys.Open("p/d")
-			must(r, "open", err)
+		open:   "p/d",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
 			must(r, "remove", fsys.Remove("p/d/b"))
 			must(r, "rename", fsys.Rename("p", "q"))
 			n, err := names(f)
 			r.note("readdir after parent rename", n, err)
-			must(r, "close", f.Close())
 		},
 	},
 	{
 		name:   "directory handle of a removed directory",
 		lowers: []layerSpec{{"g/x": specFile("x", 0o644)}},
-		run: func(fsys afero.Fs, r *handleReport) {
-			f, err := fsys.Open("g")
-			must(r, "open", err)
+		open:   "g",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
 			must(r, "remove file", fsys.Remove("g/x"))
 			must(r, "remove dir", fsys.Remove("g"))
 			must(r, "mkdir", fsys.Mkdir("g", 0o755))
 			must(r, "write", afero.WriteFile(fsys, "g/y", nil, 0o644))
 			n, err := names(f)
 			r.note("readdir after remove", n, err)
-			must(r, "close", f.Close())
 		},
 	},
 	{
 		name:   "directory handle read before the removal keeps its listing",
 		lowers: []layerSpec{{"g/x": specFile("x", 0o644), "g/y": specFile("y", 0o644)}},
-		run: func(fsys afero.Fs, r *handleReport) {
-			f, err := fsys.Open("g")
-			must(r, "open", err)
+		open:   "g",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
 			first, err := f.Readdirnames(1)
 			r.note("first entry count", len(first), err)
 			must(r, "remove all", fsys.RemoveAll("g"))
 			rest, err := f.Readdirnames(-1)
 			r.note("rest count", len(rest), err)
-			must(r, "close", f.Close())
 		},
 	},
 	{
 		name:   "read handle on a file that a rename replaced",
 		lowers: []layerSpec{{"a": specFile("A", 0o644), "b": specFile("B", 0o644)}},
-		run: func(fsys afero.Fs, r *handleReport) {
-			f, err := fsys.Open("b")
-			must(r, "open", err)
+		open:   "b",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
 			must(r, "rename a b", fsys.Rename("a", "b"))
 			must(r, "rename b c", fsys.Rename("b", "c"))
 			must(r, "write c", afero.WriteFile(fsys, "c", []byte("C"), 0o644))
 			s, err := readAll(f)
 			r.note("read", s, err)
-			must(r, "close", f.Close())
 		},
 	},
 	{
 		name:   "read handle follows a rename, then a copy-up",
 		lowers: []layerSpec{{"a": specFile("A", 0o644)}},
-		run: func(fsys afero.Fs, r *handleReport) {
-			f, err := fsys.Open("a")
-			must(r, "open", err)
+		open:   "a",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
 			must(r, "rename", fsys.Rename("a", "b"))
 			must(r, "write", afero.WriteFile(fsys, "b", []byte("new"), 0o644))
 			s, err := readAll(f)
 			r.note("read", s, err)
-			must(r, "close", f.Close())
 		},
 	},
 	{
 		name:   "read handle on a removed file keeps reading it",
 		lowers: []layerSpec{{"a": specFile("old", 0o644)}},
-		run: func(fsys afero.Fs, r *handleReport) {
-			f, err := fsys.Open("a")
-			must(r, "open", err)
+		open:   "a",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
 			must(r, "remove", fsys.Remove("a"))
 			must(r, "write", afero.WriteFile(fsys, "a", []byte("new"), 0o644))
 			s, err := readAll(f)
 			r.note("read", s, err)
-			must(r, "close", f.Close())
 		},
 	},
 	{
 		name:   "read handle follows a copy-up that truncated the file",
 		lowers: []layerSpec{{"a": specFile("lower content", 0o644)}},
-		run: func(fsys afero.Fs, r *handleReport) {
-			f, err := fsys.Open("a")
-			must(r, "open", err)
+		open:   "a",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
 			b := make([]byte, 3)
 			n, err := f.Read(b)
 			r.note("first read", string(b[:n]), err)
@@ -185,7 +185,6 @@ var handleScenarios = []handleScenario{
 			}
 			s, err := readAll(f)
 			r.note("rest", s, err)
-			must(r, "close", f.Close())
 		},
 	},
 }
@@ -196,16 +195,14 @@ var handleScenarios = []handleScenario{
 func TestHandlesAgainstKernel(t *testing.T) {
 	for _, sc := range handleScenarios {
 		t.Run(sc.name, func(t *testing.T) {
-			var want handleReport
-			sc.run(kernelOracle(t, sc.lowers...), &want)
+			want := sc.play(kernelOracle(t, sc.lowers...))
 			for _, l := range want.lines {
 				if strings.HasPrefix(l, "setup ") {
 					t.Fatalf("scenario out of date: on the kernel, %s", l)
 				}
 			}
 			for _, mode := range []subjectMode{memLayers, diskLayers} {
-				var got handleReport
-				sc.run(buildSubject(t, mode, sc.lowers...), &got)
+				got := sc.play(buildSubject(t, mode, sc.lowers...))
 				if w, g := strings.Join(want.lines, "\n"), strings.Join(got.lines, "\n"); w != g {
 					t.Errorf("%s layers:\nkernel:\n%s\noverlay:\n%s", mode, w, g)
 				}
