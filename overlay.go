@@ -125,7 +125,7 @@ type Overlay struct {
 
 	work    workState          // the work directory's life
 	copies  singleflight.Group // one copy-up per path at a time
-	handles handleSet          // read-only handles on lower files, so they follow copy-ups
+	handles handleSet          // read-only handles on lower files and directory handles, so they follow copy-ups and renames
 	tmpSeq  atomicCounter
 }
 
