@@ -124,10 +124,17 @@ func crashRun(t *testing.T, dirs bool, rounds int) {
 		}
 		spec.Seed = r.Uint64()
 		delay := time.Duration(r.IntN(400)) * time.Millisecond
+		from := crashReady
 		if dirs {
-			delay /= 8 // the directory renames come first
+			// The directory renames come first: every other round kills
+			// the child during them, the others after them, however long
+			// they take on this machine.
+			delay /= 8
+			if round%2 == 1 {
+				from = crashRenamed
+			}
 		}
-		crashKillChild(t, spec, delay)
+		crashKillChild(t, spec, from, delay)
 		ops = crashCheck(t, spec)
 		if t.Failed() {
 			t.Fatalf("round %d (child seed %d) left a broken upper", round, spec.Seed)
@@ -180,9 +187,16 @@ func crashLayers(spec crashSpec) (*Overlay, error) {
 	return New(afero.NewBasePathFs(afero.NewOsFs(), spec.Upper), []afero.Fs{lower})
 }
 
-// crashKillChild starts the child and SIGKILLs it after it is ready and
-// delay has passed.
-func crashKillChild(t *testing.T, spec crashSpec, delay time.Duration) {
+// The lines the child prints on its way: once ready, and in the directory
+// mode once the first directory renames are done.
+const (
+	crashReady   = "ready\n"
+	crashRenamed = "renamed\n"
+)
+
+// crashKillChild starts the child and SIGKILLs it delay after it printed
+// the line from (crashReady or crashRenamed).
+func crashKillChild(t *testing.T, spec crashSpec, from string, delay time.Duration) {
 	t.Helper()
 	js, err := json.Marshal(spec)
 	if err != nil {
@@ -200,7 +214,7 @@ func crashKillChild(t *testing.T, spec crashSpec, delay time.Duration) {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(stdout)
-	line, err := br.ReadString('\n')
+	line, err := crashReadUntil(br, from)
 	var rest bytes.Buffer
 	done := make(chan struct{})
 	go func() {
@@ -208,11 +222,11 @@ func crashKillChild(t *testing.T, spec crashSpec, delay time.Duration) {
 		_, _ = rest.ReadFrom(br) // best effort: only shown in messages
 	}()
 	output := func() string { return fmt.Sprintf("stdout:\n%s%s\nstderr:\n%s", line, rest.String(), stderr.String()) }
-	if err != nil || line != "ready\n" {
+	if err != nil {
 		_ = cmd.Process.Kill() // best effort: it is failing anyway
 		<-done
 		_ = cmd.Wait()
-		t.Fatalf("child did not get ready: %v\n%s", err, output())
+		t.Fatalf("child did not print %q: %v\n%s", from, err, output())
 	}
 	time.Sleep(delay)
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -224,6 +238,26 @@ func crashKillChild(t *testing.T, spec crashSpec, delay time.Duration) {
 	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("child ended by itself before the kill: %v\n%s", err, output())
 	}
+}
+
+// crashReadUntil reads the child's lines up to the line want, and returns
+// what it read. A line that is not the child's next expected one is an
+// error.
+func crashReadUntil(br *bufio.Reader, want string) (string, error) {
+	var read string
+	for _, expect := range []string{crashReady, crashRenamed} {
+		line, err := br.ReadString('\n')
+		read += line
+		switch {
+		case err != nil:
+			return read, err
+		case line != expect:
+			return read, fmt.Errorf("got %q, want %q", line, expect)
+		case line == want:
+			return read, nil
+		}
+	}
+	return read, fmt.Errorf("no line %q", want)
 }
 
 // crashWritten reads the child's log of started versions.
@@ -387,7 +421,7 @@ func TestCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := &crashChild{o: o, log: log, r: rand.New(rand.NewPCG(spec.Seed, 1))}
-	fmt.Println("ready")
+	fmt.Print(crashReady)
 	if spec.Dirs {
 		for j := range crashDirs { // copy each merged directory while it is big
 			dir := c.current(fmt.Sprintf("D%d", j))
@@ -395,6 +429,7 @@ func TestCrashChild(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		fmt.Print(crashRenamed)
 	}
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
 		if spec.Dirs {
