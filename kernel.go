@@ -320,14 +320,18 @@ func (o *Overlay) reachLowers(p string) (string, bool, error) {
 // beforeDots returns the components of p before its first "." or ".."
 // component ("." if that is the first), and whether p has one.
 func beforeDots(p string) (string, bool) {
-	before := "."
-	for c := range strings.SplitSeq(p, "/") {
-		if isDotName(c) {
-			return before, true
+	for start, rest := 0, p; ; {
+		c, after, more := strings.Cut(rest, "/")
+		switch {
+		case isDotName(c) && start == 0:
+			return ".", true
+		case isDotName(c):
+			return p[:start-1], true
+		case !more:
+			return p, false
 		}
-		before = join(before, c)
+		start, rest = start+len(c)+1, after
 	}
-	return p, false
 }
 
 // moveRedirect renames a directory that lower layers contribute to, in a
