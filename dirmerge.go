@@ -97,30 +97,69 @@ func hiddenBy(list []fs.FileInfo) []fs.FileInfo {
 }
 
 // mergeSorted merges two listings sorted by name, upper winning, leaving out
-// the lower names in hidden (also sorted). It takes time linear in the
-// listings' lengths.
+// the lower names in hidden (also sorted). The upper usually holds few of a
+// big directory's names, so the lower entries between two of the upper's or
+// hidden names are found by a galloping search and copied as one run: a
+// merge costs one copy of the lower listing and, for u upper and hidden
+// names over l lower ones, about u·log(l/u) name comparisons, rather than a
+// comparison per lower entry, each a trip through memory that grows slower
+// per entry as the directory outgrows the caches.
 func mergeSorted(upper, lower, hidden []fs.FileInfo) []fs.FileInfo {
 	merged := make([]fs.FileInfo, 0, len(upper)+len(lower))
-	i, h := 0, 0
-	for _, fi := range lower {
-		name := fi.Name()
-		for i < len(upper) && upper[i].Name() < name {
-			merged = append(merged, upper[i])
-			i++
+	for len(lower) > 0 && (len(upper) > 0 || len(hidden) > 0) {
+		name, fromUpper := nextCut(upper, hidden)
+		j := gallop(lower, name)
+		merged = append(merged, lower[:j]...)
+		lower = lower[j:]
+		if len(lower) > 0 && lower[0].Name() == name {
+			lower = lower[1:] // shadowed or hidden
 		}
-		for h < len(hidden) && hidden[h].Name() < name {
-			h++
+		if fromUpper {
+			merged = append(merged, upper[0])
+			upper = upper[1:]
 		}
-		switch {
-		case i < len(upper) && upper[i].Name() == name:
-			merged = append(merged, upper[i])
-			i++
-		case h < len(hidden) && hidden[h].Name() == name:
-		default:
-			merged = append(merged, fi)
+		for len(hidden) > 0 && hidden[0].Name() <= name {
+			hidden = hidden[1:]
 		}
 	}
-	return append(merged, upper[i:]...)
+	merged = append(merged, lower...)
+	return append(merged, upper...)
+}
+
+// nextCut returns the smaller of the first names of upper and hidden, at
+// least one of which is not empty, and whether it is upper's: a name both
+// hold is upper's, which shows it.
+func nextCut(upper, hidden []fs.FileInfo) (name string, fromUpper bool) {
+	switch {
+	case len(hidden) == 0:
+		return upper[0].Name(), true
+	case len(upper) == 0:
+		return hidden[0].Name(), false
+	}
+	u, h := upper[0].Name(), hidden[0].Name()
+	if u <= h {
+		return u, true
+	}
+	return h, false
+}
+
+// gallop returns the index of the first entry of the sorted list whose
+// name is not below name (len(list) if none): it doubles its step until it
+// passes name, then searches the last step's range, so that finding an
+// index j costs about 2·log(j) comparisons.
+func gallop(list []fs.FileInfo, name string) int {
+	end := 1
+	for end <= len(list) && list[end-1].Name() < name {
+		end *= 2
+	}
+	lo, hi := end/2, min(end, len(list))
+	j, _ := slices.BinarySearchFunc(list[lo:hi], name, nameCmp)
+	return lo + j
+}
+
+// nameCmp compares a FileInfo's name with name, for binary searches.
+func nameCmp(fi fs.FileInfo, name string) int {
+	return strings.Compare(fi.Name(), name)
 }
 
 // byName orders FileInfos by name.

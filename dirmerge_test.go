@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/afero"
+	"pgregory.net/rapid"
 )
 
 // info is a FileInfo for mergeDir tests.
@@ -200,4 +201,40 @@ func TestMergeSorted(t *testing.T) {
 			t.Errorf("%s: mergeSorted = %q, want %q", tt.name, got, tt.want)
 		}
 	}
+}
+
+// TestMergeSortedMatchesPlainMerge checks mergeSorted's galloping merge
+// against the rule it implements, on random listings: every upper name,
+// and every lower name that neither the upper holds nor hidden names, in
+// name order, the upper's copy where both hold one.
+func TestMergeSortedMatchesPlainMerge(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		names := rapid.SliceOfDistinct(rapid.StringMatching(`[a-e]{1,3}`), rapid.ID[string])
+		pick := func(label string) []string {
+			list := names.Draw(t, label)
+			slices.Sort(list)
+			return list
+		}
+		upper, lower, hidden := pick("upper"), pick("lower"), pick("hidden")
+		// An upper entry is a directory and a lower one a file, so the
+		// result tells which copy was kept.
+		var up, low []fs.FileInfo
+		for _, n := range upper {
+			up = append(up, info{n, true})
+		}
+		for _, n := range lower {
+			low = append(low, info{n, false})
+		}
+		var want []fs.FileInfo
+		want = append(want, up...)
+		for _, n := range lower {
+			if !slices.Contains(upper, n) && !slices.Contains(hidden, n) {
+				want = append(want, info{n, false})
+			}
+		}
+		slices.SortFunc(want, byName)
+		if got := mergeSorted(up, low, listing(hidden...)); !reflect.DeepEqual(got, want) && len(got)+len(want) > 0 {
+			t.Fatalf("mergeSorted(%q, %q, hidden %q) = %v, want %v", upper, lower, hidden, got, want)
+		}
+	})
 }

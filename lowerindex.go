@@ -3,7 +3,6 @@ package overlay
 import (
 	"io/fs"
 	"slices"
-	"strings"
 	"sync"
 )
 
@@ -162,9 +161,7 @@ func (o *Overlay) absentFromListing(dir lowerEntry, base string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	_, found := slices.BinarySearchFunc(list, base, func(fi fs.FileInfo, name string) int {
-		return strings.Compare(fi.Name(), name)
-	})
+	_, found := slices.BinarySearchFunc(list, base, nameCmp)
 	return !found, nil
 }
 
