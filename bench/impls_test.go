@@ -20,6 +20,14 @@ const (
 	implBep     = "bep"
 	implKernel  = "kernel"
 	implIOCopy  = "iocopy" // the copy-up workload's baseline: io.Copy between the two layers
+
+	// implUpper is a reference for what the layer itself costs in two
+	// workloads. Readdir: the upper's own copy of the directory (a tenth of
+	// its names), listed straight from the upper; the overlay reads that
+	// listing afresh every time (the rest it keeps), so its cost is part of
+	// every warm overlay listing. Create: a plain layer, as the floor, but
+	// creating as a careful create must (see createIn).
+	implUpper = "upper"
 )
 
 // impls lists the implementations that every workload compares.
@@ -30,8 +38,11 @@ var impls = []string{implFloor, implOverlay, implCow, implBep, implKernel}
 // A kernel mount is unmounted when the benchmark ends.
 func readFs(b *testing.B, t *tree, impl string) afero.Fs {
 	b.Helper()
-	if impl == implFloor {
+	switch impl {
+	case implFloor:
 		return t.floor.fs
+	case implUpper:
+		return t.upper.fs
 	}
 	fsys, err := layered(b, t, impl, t.upper)
 	if err != nil {
@@ -160,7 +171,7 @@ func writeFs(b *testing.B, t *tree, impl string, setupFloor func(layerDir) error
 	if err != nil {
 		return nil, nil, err
 	}
-	if impl == implFloor {
+	if impl == implFloor || impl == implUpper {
 		if err := setupFloor(up); err != nil {
 			return nil, nil, err
 		}

@@ -278,7 +278,7 @@ func readdirPath(impl, label string) string {
 	switch impl {
 	case implFloor:
 		return "/rd" + label
-	case implOverlay:
+	case implOverlay, implUpper:
 		return "/rd" + label + "/" + variantOCI
 	case implKernel:
 		return "/rd" + label + "/" + variantKernel
@@ -288,10 +288,13 @@ func readdirPath(impl, label string) string {
 
 // readdirWant returns how many entries impl lists in the directory of the
 // given size: cow and bep cannot hide the whited-out names, so they list
-// those too.
+// those too; the upper holds a tenth of them.
 func readdirWant(impl string, size int) int {
-	if impl == implCow || impl == implBep {
+	switch impl {
+	case implCow, implBep:
 		return size + size/10
+	case implUpper:
+		return size / 10 // see buildReaddir
 	}
 	return size
 }
