@@ -11,32 +11,23 @@ import (
 // into the merged view, sorted by name. The topmost copy of a name wins. A
 // whiteout hides its name in the listings below its own; reserved names
 // (markers and the work directory) are never shown.
+//
+// It merges the sorted listings one below the other with mergeSorted,
+// carrying down the names that the whiteouts seen so far hide: each step
+// is linear in the listings' lengths, where sorting the merged names
+// afresh and deciding each one in a map was not.
 func mergeDir(listings [][]fs.FileInfo) []fs.FileInfo {
-	if len(listings) == 1 {
-		return visibleSorted(listings[0])
-	}
-	decided := make(map[string]bool)
-	var merged []fs.FileInfo
-	for _, list := range listings {
-		var hidden []string
-		for _, fi := range list {
-			name := fi.Name()
-			if isReserved(name) {
-				if h, ok := hiddenName(name); ok {
-					hidden = append(hidden, h)
-				}
-				continue
-			}
-			if !decided[name] {
-				decided[name] = true
-				merged = append(merged, fi)
-			}
+	var merged, hidden []fs.FileInfo
+	for k, list := range listings {
+		if k == 0 {
+			merged = visibleSorted(list)
+		} else {
+			merged = mergeSorted(merged, visibleSorted(list), hidden)
 		}
-		for _, h := range hidden {
-			decided[h] = true
+		if k < len(listings)-1 {
+			hidden = mergeSorted(hidden, hiddenBy(list), nil)
 		}
 	}
-	slices.SortFunc(merged, byName)
 	return merged
 }
 

@@ -238,3 +238,59 @@ func TestMergeSortedMatchesPlainMerge(t *testing.T) {
 		}
 	})
 }
+
+// layerInfo is a FileInfo that says which listing it came from.
+type layerInfo struct {
+	info
+	layer int
+}
+
+// plainMergeDir is the rule mergeDir implements, written the obvious way:
+// each name is decided by the topmost listing that holds it or a whiteout
+// for it, and shown if that listing holds the name itself.
+func plainMergeDir(listings [][]fs.FileInfo) []fs.FileInfo {
+	decided := make(map[string]bool)
+	var merged []fs.FileInfo
+	for _, list := range listings {
+		var hidden []string
+		for _, fi := range list {
+			name := fi.Name()
+			if isReserved(name) {
+				if h, ok := hiddenName(name); ok {
+					hidden = append(hidden, h)
+				}
+				continue
+			}
+			if !decided[name] {
+				decided[name] = true
+				merged = append(merged, fi)
+			}
+		}
+		for _, h := range hidden {
+			decided[h] = true
+		}
+	}
+	slices.SortFunc(merged, byName)
+	return merged
+}
+
+// TestMergeDirMatchesPlainMerge checks mergeDir against plainMergeDir on
+// random stacks of listings, unsorted, holding names, whiteouts, opaque
+// markers and internal names.
+func TestMergeDirMatchesPlainMerge(t *testing.T) {
+	names := rapid.SampledFrom([]string{"a", "b", "c", "d", "e", "ab", ".wh.a", ".wh.b", ".wh.c", ".wh.ab", ".wh.", opaqueMarker, internalPrefix + "work"})
+	rapid.Check(t, func(t *rapid.T) {
+		var listings [][]fs.FileInfo
+		for k := range rapid.IntRange(1, 5).Draw(t, "layers") {
+			var list []fs.FileInfo
+			for _, n := range rapid.SliceOfDistinct(names, rapid.ID[string]).Draw(t, "names") {
+				list = append(list, layerInfo{info{n, rapid.Bool().Draw(t, "dir")}, k})
+			}
+			listings = append(listings, list)
+		}
+		want := plainMergeDir(listings)
+		if got := mergeDir(listings); !reflect.DeepEqual(got, want) && len(got)+len(want) > 0 {
+			t.Fatalf("mergeDir(%v) =\n%v, want\n%v", listings, got, want)
+		}
+	})
+}
