@@ -93,6 +93,7 @@ func (f *file) Seek(offset int64, whence int) (int64, error) {
 
 // Write writes to the file; a handle not opened for writing gets EBADF.
 func (f *file) Write(p []byte) (int, error) {
+	defer f.o.beginChange().endChange()
 	lf, err := f.writer("write")
 	if err != nil {
 		return 0, err
@@ -103,6 +104,7 @@ func (f *file) Write(p []byte) (int, error) {
 
 // WriteAt writes to the file at offset off.
 func (f *file) WriteAt(p []byte, off int64) (int, error) {
+	defer f.o.beginChange().endChange()
 	lf, err := f.writer("write")
 	if err != nil {
 		return 0, err
@@ -119,6 +121,7 @@ func (f *file) WriteString(s string) (int, error) {
 // Truncate changes the file's size; a handle not opened for writing gets
 // EINVAL, as ftruncate does.
 func (f *file) Truncate(size int64) error {
+	defer f.o.beginChange().endChange()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch {
@@ -182,6 +185,9 @@ func (f *file) Close() error {
 	}
 	if f.f == nil || f.keepTimes && mtimeOnlyClose(f.f) {
 		return nil
+	}
+	if writable(f.flag) {
+		defer f.o.beginChange().endChange() // the layer may set the mtime
 	}
 	var mtime time.Time
 	if f.keepTimes {
@@ -427,7 +433,7 @@ func (o *Overlay) listDir(dir string) ([]fs.FileInfo, error) {
 	if err != nil || !r.found || !r.isDir() {
 		return nil, nil
 	}
-	return o.readMerged(r.entry)
+	return o.listing(r.entry)
 }
 
 // handleSet tracks the lower files that read-only handles have open, so that

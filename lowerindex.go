@@ -42,6 +42,7 @@ func (o *Overlay) resetLowerIndex() {
 	o.lowers.entries.Clear()
 	o.lowers.listings.Clear()
 	o.lookups.follows(o.layers[0])
+	o.listings.follows(o.layers[0])
 }
 
 // lowerOnly returns what the lowers alone show at the resolved name p,

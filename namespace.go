@@ -208,6 +208,7 @@ func (o *Overlay) readlink(name string) (string, error) {
 // even when they change nothing, as the kernel does.
 func (o *Overlay) setAttr(op, name string, set func(up afero.Fs, p string) error) error {
 	defer o.use().done()
+	defer o.beginChange().endChange()
 	clean, err := cleanName(name)
 	for range maxRetries {
 		if err != nil {

@@ -122,6 +122,7 @@ type Overlay struct {
 	rootDirs []int      // the layers whose roots merge, top-down; fixed at New
 	lowers   lowerIndex // what the lowers show, looked up once
 	lookups  lookupCache
+	listings listingCache
 
 	work    workState          // the work directory's life
 	copies  singleflight.Group // one copy-up per path at a time
@@ -252,6 +253,7 @@ func New(upper afero.Fs, lowers []afero.Fs, opts ...Option) (*Overlay, error) {
 	}
 	o.rootDirs = dirs
 	o.lookups.follows(o.layers[0])
+	o.listings.follows(o.layers[0])
 	return o, nil
 }
 
@@ -262,6 +264,7 @@ func (o *Overlay) Name() string { return "Overlay" }
 // O_RDWR|O_CREATE|O_TRUNC and mode 0666 does.
 func (o *Overlay) Create(name string) (afero.File, error) {
 	defer o.use().done()
+	defer o.beginChange().endChange()
 	return o.open(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
 }
 
@@ -279,6 +282,9 @@ func (o *Overlay) Open(name string) (afero.File, error) {
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) OpenFile(name string, flag int, perm os.FileMode) (afero.File, error) {
 	defer o.use().done()
+	if flag&(os.O_WRONLY|os.O_RDWR|os.O_CREATE|os.O_TRUNC) != 0 {
+		defer o.beginChange().endChange()
+	}
 	return o.open(name, flag, perm)
 }
 
@@ -322,6 +328,7 @@ func (o *Overlay) LstatIfPossible(name string) (os.FileInfo, bool, error) {
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Mkdir(name string, perm os.FileMode) error {
 	defer o.use().done()
+	defer o.beginChange().endChange()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.mkdir(clean, perm)
@@ -337,6 +344,7 @@ func (o *Overlay) Mkdir(name string, perm os.FileMode) error {
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) MkdirAll(name string, perm os.FileMode) error {
 	defer o.use().done()
+	defer o.beginChange().endChange()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.mkdirAll(clean, perm)
@@ -352,6 +360,7 @@ func (o *Overlay) MkdirAll(name string, perm os.FileMode) error {
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Remove(name string) error {
 	defer o.use().done()
+	defer o.beginChange().endChange()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.remove(clean)
@@ -369,6 +378,7 @@ func (o *Overlay) Remove(name string) error {
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) RemoveAll(name string) error {
 	defer o.use().done()
+	defer o.beginChange().endChange()
 	clean, err := cleanName(name)
 	if err == nil {
 		err = o.removeAll(clean)
@@ -385,6 +395,7 @@ func (o *Overlay) RemoveAll(name string) error {
 // EEXIST. If there is an error, it will be of type [*os.LinkError].
 func (o *Overlay) Rename(oldname, newname string) error {
 	defer o.use().done()
+	defer o.beginChange().endChange()
 	oldClean, err := cleanName(oldname)
 	if err == nil {
 		var newClean string
@@ -430,6 +441,7 @@ func (o *Overlay) Chtimes(name string, atime, mtime time.Time) error {
 // If there is an error, it will be of type [*os.LinkError].
 func (o *Overlay) SymlinkIfPossible(oldname, newname string) error {
 	defer o.use().done()
+	defer o.beginChange().endChange()
 	clean, err := cleanName(newname)
 	if err == nil {
 		err = o.symlink(oldname, clean)
