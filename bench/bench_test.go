@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/spf13/afero"
@@ -421,9 +422,10 @@ var readdirModes = []struct {
 // and bep, which have no whiteouts, list a copy of the directory without
 // them, which shows the whited-out names too (10% more entries). Mode cold
 // runs only for the overlay and the kernel, the two that keep what they
-// listed. Impl upper lists the upper's own copy of the directory, which
-// every warm overlay listing reads again: how it grows with the directory
-// is the layer's, not the overlay's.
+// listed. Impl upper lists the upper's own copy of the directory, which a
+// warm overlay listing reads again where the upper is a host directory;
+// impl copy is one copy of a listing as long as the overlay's, the least
+// that Readdir(-1) costs.
 func BenchmarkReaddir(b *testing.B) {
 	forTrees(b, []int{readdirLowers}, func(b *testing.B, t *tree) {
 		t.ensureReaddir(b)
@@ -431,12 +433,21 @@ func BenchmarkReaddir(b *testing.B) {
 			b.Run("size="+s.label, func(b *testing.B) {
 				for _, mode := range readdirModes {
 					b.Run("mode="+mode.name, func(b *testing.B) {
-						forImpls(b, t, append(impls, implUpper), func(b *testing.B, impl string) {
+						forImpls(b, t, append(impls, implUpper, implCopy, implLayers), func(b *testing.B, impl string) {
 							if why := quadratic(t, impl, s.size, mode.chunk); why != "" && !slow() {
 								b.Skip(why + "; -bench.slow or OVERLAY_BENCH_SLOW=1 runs it")
 							}
-							if impl == implUpper && mode.name != "full" {
-								b.Skip("the upper's own listing is measured whole only")
+							switch {
+							case (impl == implUpper || impl == implCopy) && mode.name != "full":
+								b.Skip("the reference is measured for the full listing only")
+							case impl == implLayers && !mode.cold:
+								b.Skip("the reference is measured for the first listing only")
+							case impl == implCopy:
+								copyLoop(b, t, s.label, s.size)
+								return
+							case impl == implLayers:
+								layersLoop(b, t, readdirPath(implOverlay, s.label))
+								return
 							}
 							dir, want := readdirPath(impl, s.label), readdirWant(impl, s.size)
 							if mode.cold {
@@ -465,6 +476,43 @@ func BenchmarkReaddir(b *testing.B) {
 			})
 		}
 	})
+}
+
+// listingSink keeps copyLoop's copies alive, so that they are made.
+var listingSink []fs.FileInfo
+
+// copyLoop measures impl copy: one slices.Clone of the overlay's listing of
+// the directory of the given size.
+func copyLoop(b *testing.B, t *tree, label string, size int) {
+	f, err := readFs(b, t, implOverlay).Open(readdirPath(implOverlay, label))
+	if err != nil {
+		b.Fatal(err)
+	}
+	list, err := f.Readdir(-1)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil || len(list) != size {
+		b.Fatalf("listing %d entries: %d, %v", size, len(list), err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		listingSink = slices.Clone(list)
+	}
+}
+
+// layersLoop measures impl layers: dir listed whole in the upper and in
+// every lower, each with its own Readdir.
+func layersLoop(b *testing.B, t *tree, dir string) {
+	layers := append([]layerDir{t.upper}, t.lowers...)
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, l := range layers {
+			if _, err := listDir(l.fs, dir, 0); err != nil {
+				b.Fatalf("listing %s in a layer: %v", dir, err)
+			}
+		}
+	}
 }
 
 // coldReaddirLoop lists dir whole, each time on a fresh Overlay or kernel

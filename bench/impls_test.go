@@ -23,11 +23,23 @@ const (
 
 	// implUpper is a reference for what the layer itself costs in two
 	// workloads. Readdir: the upper's own copy of the directory (a tenth of
-	// its names), listed straight from the upper; the overlay reads that
-	// listing afresh every time (the rest it keeps), so its cost is part of
-	// every warm overlay listing. Create: a plain layer, as the floor, but
-	// creating as a careful create must (see createIn).
+	// its names), listed straight from the upper; where the upper is a
+	// host directory the overlay reads that listing afresh every time (it
+	// keeps the rest), so its cost is part of every warm listing there.
+	// Create: a plain layer, as the floor, but creating as a careful create
+	// must (see createIn).
 	implUpper = "upper"
+
+	// implCopy is the Readdir workload's reference for the least a full
+	// listing costs in Go: one copy (slices.Clone) of a []fs.FileInfo as
+	// long as the listing, which Readdir(-1) must return afresh.
+	implCopy = "copy"
+
+	// implLayers is the first (cold) listing's reference: the directory
+	// read in each of its layers, the upper and every lower, with the
+	// layers' own Readdir and nothing merged, which a first listing must
+	// do at least.
+	implLayers = "layers"
 )
 
 // impls lists the implementations that every workload compares.
