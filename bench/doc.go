@@ -17,6 +17,12 @@
 //   - kernel: the Linux overlayfs mounted over the disk layers, reached through
 //     afero.NewBasePathFs(afero.NewOsFs(), mountpoint); root only.
 //
+// Some workloads also measure references, which show what bounds the
+// overlay there: iocopy (copy-up: io.Copy between the two layers), upper
+// (Readdir: the upper's own copy of the directory; Create: a careful
+// create on a plain layer), copy (Readdir: one copy of a listing that
+// long) and layers (the first listing: each layer's copy read alone).
+//
 // Run them with ./run.sh, which also summarises them with benchstat and with
-// the ratios program in cmd/ratios. RESULTS.md holds one full run.
+// the ratios program in cmd/ratios. RESULTS.md holds the full runs.
 package bench

@@ -4,9 +4,9 @@
 #
 #   cd bench && ./run.sh
 #
-# With the defaults it takes 6 to 16 minutes on a 2-core machine, depending on
-# the load and on how fast the library is (372 s of benchmarks for the run in
-# RESULTS.md). Settings, from the environment:
+# With the defaults it takes 7 to 16 minutes on a 2-core machine, depending on
+# the load and on how fast the library is (462 s of benchmarks for the latest
+# run in RESULTS.md). Settings, from the environment:
 #   COUNT=5           samples per benchmark (go test -count)
 #   BENCHTIME=100ms   go test -benchtime; operations slower than this run
 #                     once per sample
