@@ -63,10 +63,12 @@ func (c *listingCache) forget() {
 	c.size.Store(0)
 }
 
-// beginChange and endChange bracket a call that may change the upper's
-// FileInfos without changing a name: callers write
-// defer o.beginChange().endChange(). endChange counts the change once it
-// is made, so that a listing read before it is not taken for current.
+// beginChange and endChange bracket a call that may change the upper:
+// callers write defer o.beginChange().endChange(). The upper index counts
+// changes of names, but a call may change FileInfos without one (a write,
+// a chmod) or besides one (a parent's mtime), so every such call is
+// counted here too. endChange counts the change once it is made, so that a
+// listing read before it is not taken for current.
 func (o *Overlay) beginChange() *Overlay {
 	if checkListing != nil {
 		changing.Add(1)
