@@ -49,7 +49,7 @@ func (o *Overlay) copyUpFile(e entry, data bool) error {
 		}
 		return err
 	}
-	o.handles.copiedUp(e.path, o.layers[0])
+	o.handles.copiedUp(e.path, o.upper())
 	return nil
 }
 

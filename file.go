@@ -34,7 +34,7 @@ type file struct {
 	// Close then restores the mtime it had. up and upperPath name the file:
 	// the layer it was opened in stays right after a Commit.
 	keepTimes bool
-	up        layer
+	up        *layer
 	upperPath string
 }
 
@@ -298,14 +298,10 @@ func (f *file) follow() error {
 	if f.node == nil || f.node.gen.Load() == f.gen {
 		return nil
 	}
-	name, up, gen := f.o.handles.where(f.node)
+	nf, gen := f.o.handles.takeCopy(f.node)
 	f.gen = gen
-	if up.fs == nil {
+	if nf == nil {
 		return nil
-	}
-	nf, err := up.open(name, os.O_RDONLY, 0)
-	if err != nil {
-		return nil // the copy is gone again; keep reading what we have
 	}
 	off, err := f.f.Seek(0, io.SeekCurrent)
 	if err == nil {
@@ -454,11 +450,17 @@ type handleSet struct {
 // directory it has open. It lives in the handle, so that opening allocates
 // nothing more; the handles on one name are chained.
 type node struct {
-	path  string
-	upper layer         // the upper the file was copied up to; fs is nil before
-	next  *node         // the next handle on the same name
-	gone  bool          // whether the name was removed or replaced
-	gen   atomic.Uint64 // bumped on every change a handle must see
+	path string
+	next *node // the next handle on the same name
+	gone bool  // whether the name was removed or replaced
+
+	// copy is the upper copy of a lower file, opened for the handle when
+	// the file was copied up, until the handle switches to it. It is that
+	// copy whatever happens to the name afterwards: removed, or replaced,
+	// it is still what the handle reads, as a kernel overlay's handle
+	// reads the copy its inode was given.
+	copy afero.File
+	gen  atomic.Uint64 // bumped when copy is set
 }
 
 // acquire records that the handle of n has the file name open, unless
@@ -478,11 +480,16 @@ func (s *handleSet) acquire(name string, n *node, since uint64) bool {
 	return true
 }
 
-// release forgets the handle of n. A node the set no longer holds (its
+// release forgets the handle of n, closing the upper copy opened for it if
+// the handle never switched to it. A node the set no longer holds (its
 // file was removed) is left alone.
 func (s *handleSet) release(n *node) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if n.copy != nil {
+		_ = n.copy.Close() // best effort: the copy was only opened
+		n.copy = nil
+	}
 	first := s.nodes[n.path]
 	switch {
 	case first == n && n.next == nil:
@@ -500,12 +507,14 @@ func (s *handleSet) release(n *node) {
 	}
 }
 
-// where returns n's current name, the upper it was copied up to (fs nil if
-// it was not), and the generation those reflect.
-func (s *handleSet) where(n *node) (string, layer, uint64) {
+// takeCopy returns the upper copy opened for n's handle, if any, which the
+// handle owns from then on, and the generation that reflects.
+func (s *handleSet) takeCopy(n *node) (afero.File, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return n.path, n.upper, n.gen.Load()
+	c := n.copy
+	n.copy = nil
+	return c, n.gen.Load()
 }
 
 // name returns n's current name, and false if it was removed or replaced
@@ -516,20 +525,32 @@ func (s *handleSet) name(n *node) (string, bool) {
 	return n.path, !n.gone
 }
 
-// copiedUp records that name now has its copy in the upper up.
-func (s *handleSet) copiedUp(name string, up layer) {
+// copiedUp records that name now has its copy in the upper up, and opens
+// that copy for every handle on the lower file, which switches to it on
+// its next call. The caller holds o.mu for writing, so the copy is still at
+// name. A copy that cannot be opened leaves the handle reading the lower
+// file.
+func (s *handleSet) copiedUp(name string, up *layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.epoch.Add(1)
 	for n := s.nodes[name]; n != nil; n = n.next {
-		n.upper = up
+		c, err := up.open(name, os.O_RDONLY, 0)
+		if err != nil {
+			continue
+		}
+		if n.copy != nil {
+			_ = n.copy.Close() // best effort: a copy never read, from before a Commit
+		}
+		n.copy = c
 		n.gen.Add(1)
 	}
 }
 
-// renamed records that oldName and everything under it moved to newName,
-// into the upper up. Handles on a file the move replaced are forgotten.
-func (s *handleSet) renamed(oldName, newName string, up layer) {
+// renamed records that oldName and everything under it moved to newName.
+// Handles on a file the move replaced are forgotten. A lower file is
+// copied up before it moves, so no handle has a copy to open here.
+func (s *handleSet) renamed(oldName, newName string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.epoch.Add(1)
@@ -547,8 +568,7 @@ func (s *handleSet) renamed(oldName, newName string, up layer) {
 	for _, first := range moved {
 		p := newName + first.path[len(oldName):]
 		for n := first; n != nil; n = n.next {
-			n.path, n.upper = p, up
-			n.gen.Add(1)
+			n.path = p
 		}
 		s.nodes[p] = first
 	}

@@ -169,6 +169,41 @@ var handleScenarios = []handleScenario{
 		},
 	},
 	{
+		name:   "read handle on a copied-up file that was removed and made again",
+		lowers: []layerSpec{{"a": specFile("old", 0o644)}},
+		open:   "a",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
+			must(r, "write", afero.WriteFile(fsys, "a", []byte("new"), 0o644))
+			must(r, "remove", fsys.Remove("a"))
+			must(r, "write again", afero.WriteFile(fsys, "a", []byte("newer"), 0o644))
+			s, err := readAll(f)
+			r.note("read", s, err)
+		},
+	},
+	{
+		name:   "read handle on a copied-up file that was removed",
+		lowers: []layerSpec{{"a": specFile("old", 0o644)}},
+		open:   "a",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
+			must(r, "write", afero.WriteFile(fsys, "a", []byte("new"), 0o644))
+			must(r, "remove", fsys.Remove("a"))
+			s, err := readAll(f)
+			r.note("read", s, err)
+		},
+	},
+	{
+		name:   "read handle on a renamed file whose new name was replaced",
+		lowers: []layerSpec{{"a": specFile("old", 0o644)}},
+		open:   "a",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
+			must(r, "rename", fsys.Rename("a", "b"))
+			must(r, "remove", fsys.Remove("b"))
+			must(r, "write", afero.WriteFile(fsys, "b", []byte("newer"), 0o644))
+			s, err := readAll(f)
+			r.note("read", s, err)
+		},
+	},
+	{
 		name:   "read handle follows a copy-up that truncated the file",
 		lowers: []layerSpec{{"a": specFile("lower content", 0o644)}},
 		open:   "a",

@@ -54,22 +54,35 @@ func TestHandleSetChains(t *testing.T) {
 
 func TestHandleSetFollowsEveryHandle(t *testing.T) {
 	var s handleSet
+	up := &layer{fs: afero.NewMemMapFs(), rooted: true}
+	if err := afero.WriteFile(up.fs, "/d/f", []byte("upper"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	a, b, c := new(node), new(node), new(node)
 	s.acquire("d/f", a, s.epoch.Load())
 	s.acquire("d/f", b, s.epoch.Load())
 	s.acquire("d/g", c, s.epoch.Load())
-	up := layer{rooted: true}
 	s.copiedUp("d/f", up)
 	if a.gen.Load() != 1 || b.gen.Load() != 1 || c.gen.Load() != 0 {
 		t.Fatalf("copy-up of d/f: generations %d %d %d, want 1 1 0", a.gen.Load(), b.gen.Load(), c.gen.Load())
 	}
-	s.renamed("d", "e", up)
+	if a.copy == nil || b.copy == nil || a.copy == b.copy || c.copy != nil {
+		t.Fatalf("copy-up of d/f: copies %v %v %v, want one each for a and b", a.copy, b.copy, c.copy)
+	}
+	s.renamed("d", "e")
 	for n, want := range map[*node]string{a: "e/f", b: "e/f", c: "e/g"} {
-		if p, _, _ := s.where(n); p != want {
-			t.Errorf("after renaming d to e: a handle is at %q, want %q", p, want)
+		if n.path != want {
+			t.Errorf("after renaming d to e: a handle is at %q, want %q", n.path, want)
 		}
 	}
 	s.removed("e/f")
+	copyA, gen := s.takeCopy(a)
+	if copyA == nil || gen != 1 {
+		t.Fatalf("after removing e/f: a's copy %v at generation %d, want the copy at 1", copyA, gen)
+	}
+	if got, err := io.ReadAll(copyA); err != nil || string(got) != "upper" {
+		t.Fatalf("a's copy reads %q, %v; want the upper copy", got, err)
+	}
 	s.release(a) // no longer held: nothing to do, nothing to break
 	if s.nodes["e/f"] != nil || s.nodes["e/g"] != c {
 		t.Fatalf("after removing e/f: nodes = %v", s.nodes)
@@ -80,12 +93,15 @@ func TestHandleSetFollowsEveryHandle(t *testing.T) {
 	if s.nodes["e/f"] != n {
 		t.Fatal("releasing a removed file's handle dropped the new file's")
 	}
+	if b.copy != nil {
+		t.Fatal("releasing b left its unused copy open")
+	}
 }
 
 func TestHandleSetRefusesStaleEpoch(t *testing.T) {
 	var s handleSet
 	since := s.epoch.Load()
-	s.copiedUp("f", layer{})
+	s.copiedUp("f", &layer{fs: afero.NewMemMapFs(), rooted: true})
 	if s.acquire("f", new(node), since) {
 		t.Fatal("acquire with an epoch from before a copy-up succeeded")
 	}

@@ -94,7 +94,7 @@ func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero
 
 // writeHandle wraps the upper handle lf of the file p, opened for writing.
 func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *file {
-	return &file{o: o, name: name, flag: flag, f: lf, up: o.layers[0], upperPath: p, keepTimes: !o.autoDirTimes && writable(flag)}
+	return &file{o: o, name: name, flag: flag, f: lf, up: o.upper(), upperPath: p, keepTimes: !o.autoDirTimes && writable(flag)}
 }
 
 // openReader opens e for reading. A handle on a lower file is tracked so that
@@ -254,6 +254,10 @@ func (o *Overlay) touchDir(dir string) error {
 
 // readOnly reports whether the overlay has no upper layer.
 func (o *Overlay) readOnly() bool { return o.layers[0].fs == nil }
+
+// upper returns the upper layer, for a handle to keep: it stays the layer
+// the handle's file is in after a Commit stacks a fresh upper on top.
+func (o *Overlay) upper() *layer { return &o.layers[0] }
 
 // writeIntent reports whether flag asks to change the file, which copies a
 // lower file up: write access or O_TRUNC. O_APPEND alone does not, as on

@@ -101,7 +101,7 @@ func (o *Overlay) move(src, dst resolved) error {
 	if err != nil {
 		return err
 	}
-	o.handles.renamed(src.path, to, o.layers[0])
+	o.handles.renamed(src.path, to)
 	if err := o.entryAdded(to, dst); err != nil {
 		return err
 	}
@@ -252,7 +252,7 @@ func (o *Overlay) copyUpChild(parent entry, p string) error {
 		o.discard(tmp)
 		return err
 	}
-	o.handles.copiedUp(p, o.layers[0])
+	o.handles.copiedUp(p, o.upper())
 	return nil
 }
 
