@@ -60,6 +60,17 @@ func (l layer) path(name string) string {
 	return "/" + name
 }
 
+// pathAs is path for a name that a caller spelled as spelled: where that
+// spelling is already this layer's form of name, as "/a/b" is for a rooted
+// layer, it is returned as is, which spares building the name again.
+func (l layer) pathAs(name, spelled string) string {
+	if l.rooted && len(spelled) == len(name)+1 && spelled[0] == '/' && spelled[1:] == name ||
+		!l.rooted && spelled == name {
+		return spelled
+	}
+	return l.path(name)
+}
+
 // lstat describes name in this layer without following a final symlink.
 // Layers that cannot report symlinks have none, so Stat serves. A layer
 // built on io/fs cannot hold a name that is not valid UTF-8, which Linux
@@ -128,6 +139,12 @@ func (l layer) readOpened(name string, f afero.File, err error) ([]fs.FileInfo, 
 		return list, err
 	}
 	return l.kernelMarkers(name, list)
+}
+
+// openReading opens name in this layer for reading; the caller spelled it
+// as spelled (see pathAs).
+func (l layer) openReading(name, spelled string) (afero.File, error) {
+	return l.fs.Open(l.pathAs(name, spelled))
 }
 
 // open opens name in this layer.

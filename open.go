@@ -113,7 +113,7 @@ func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afer
 			return nil, errStale
 		}
 	}
-	lf, err := o.layers[e.layer].open(e.src(), os.O_RDONLY, 0)
+	lf, err := o.layers[e.layer].openReading(e.src(), name)
 	if err != nil {
 		if f.node != nil {
 			o.handles.release(f.node)
