@@ -204,6 +204,31 @@ var handleScenarios = []handleScenario{
 		},
 	},
 	{
+		name:   "read handle on a file whose directory was renamed, then written",
+		lowers: []layerSpec{{"d/a": specFile("old", 0o644), "d/b": specFile("b", 0o644)}},
+		open:   "d/a",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
+			must(r, "rename", fsys.Rename("d", "e"))
+			must(r, "write", afero.WriteFile(fsys, "e/a", []byte("new"), 0o644))
+			s, err := readAll(f)
+			r.note("read", s, err)
+		},
+	},
+	{
+		name:   "read handle on a file whose directory was renamed and removed",
+		lowers: []layerSpec{{"d/a": specFile("old", 0o644)}},
+		open:   "d/a",
+		run: func(fsys afero.Fs, f afero.File, r *handleReport) {
+			must(r, "rename", fsys.Rename("d", "e"))
+			must(r, "write", afero.WriteFile(fsys, "e/a", []byte("new"), 0o644))
+			must(r, "remove", fsys.RemoveAll("e"))
+			must(r, "mkdir", fsys.MkdirAll("e", 0o755))
+			must(r, "write again", afero.WriteFile(fsys, "e/a", []byte("newer"), 0o644))
+			s, err := readAll(f)
+			r.note("read", s, err)
+		},
+	},
+	{
 		name:   "read handle follows a copy-up that truncated the file",
 		lowers: []layerSpec{{"a": specFile("lower content", 0o644)}},
 		open:   "a",
@@ -225,8 +250,9 @@ var handleScenarios = []handleScenario{
 }
 
 // TestHandlesAgainstKernel runs each handle scenario on a kernel overlay
-// mount and on the overlay (MemMapFs and disk layers) and compares what
-// the handles showed.
+// mount and on the overlay (MemMapFs layers, disk layers, and a
+// kernel-format upper, where a directory rename leaves its files below)
+// and compares what the handles showed.
 func TestHandlesAgainstKernel(t *testing.T) {
 	for _, sc := range handleScenarios {
 		t.Run(sc.name, func(t *testing.T) {
@@ -236,10 +262,15 @@ func TestHandlesAgainstKernel(t *testing.T) {
 					t.Fatalf("scenario out of date: on the kernel, %s", l)
 				}
 			}
-			for _, mode := range []subjectMode{memLayers, diskLayers} {
-				got := sc.play(buildSubject(t, mode, sc.lowers...))
+			subjects := map[string]afero.Fs{
+				"mem layers":          buildSubject(t, memLayers, sc.lowers...),
+				"disk layers":         buildSubject(t, diskLayers, sc.lowers...),
+				"kernel-format upper": newKernelFormatStack(t, sc.lowers...).o,
+			}
+			for what, fsys := range subjects {
+				got := sc.play(fsys)
 				if w, g := strings.Join(want.lines, "\n"), strings.Join(got.lines, "\n"); w != g {
-					t.Errorf("%s layers:\nkernel:\n%s\noverlay:\n%s", mode, w, g)
+					t.Errorf("%s:\nkernel:\n%s\noverlay:\n%s", what, w, g)
 				}
 			}
 		})
