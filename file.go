@@ -52,7 +52,7 @@ func (f *file) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := f.f.Read(p)
-	return n, f.wrap("read", err)
+	return n, f.wrap("read", pastEnd(err))
 }
 
 // ReadAt reads from the file at offset off. A short read always comes with
@@ -67,7 +67,17 @@ func (f *file) ReadAt(p []byte, off int64) (int, error) {
 	if n < len(p) && err == nil {
 		err = io.EOF
 	}
-	return n, f.wrap("read", err)
+	return n, f.wrap("read", pastEnd(err))
+}
+
+// pastEnd turns a layer's report of a read that starts past the end of the
+// file into io.EOF, which is what reading there gives on Linux. MemMapFs
+// reports it as io.ErrUnexpectedEOF.
+func pastEnd(err error) error {
+	if err == io.ErrUnexpectedEOF {
+		return io.EOF
+	}
+	return err
 }
 
 // Seek sets the offset. On a directory, seeking to the start rewinds the

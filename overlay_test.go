@@ -221,6 +221,39 @@ func TestHandleErrors(t *testing.T) {
 	w.Close()
 }
 
+// TestReadPastEnd checks that reading from past the end of a file gives
+// nothing and io.EOF, as on Linux, whatever the layer holding the file
+// says: MemMapFs says io.ErrUnexpectedEOF.
+func TestReadPastEnd(t *testing.T) {
+	read := func(f afero.File) (int, error) { return f.Read(make([]byte, 4)) }
+	readAt := func(f afero.File) (int, error) { return f.ReadAt(make([]byte, 4), 100) }
+	for _, upper := range []string{"lower file", "upper file"} {
+		lower := afero.NewMemMapFs()
+		if err := afero.WriteFile(lower, "/file", []byte("short"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		o, _ := newOverlay(t, lower)
+		if upper == "upper file" {
+			if err := afero.WriteFile(o, "file", []byte("longer content"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for name, call := range map[string]func(afero.File) (int, error){"Read": read, "ReadAt": readAt} {
+			f, err := o.Open("file")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Seek(100, io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := call(f); n != 0 || err != io.EOF {
+				t.Errorf("%s: %s past the end = %d, %v; want 0, io.EOF", upper, name, n, err)
+			}
+			f.Close()
+		}
+	}
+}
+
 // TestDirectoryTimes checks which operations change a directory's mtime in
 // the merged view: adding, removing and renaming entries do; copying a
 // child up and changing its attributes do not.
