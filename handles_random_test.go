@@ -1,0 +1,193 @@
+package overlay
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/spf13/afero"
+	"pgregory.net/rapid"
+)
+
+// maxRandomHandles is how many handles a random handle check keeps open at
+// once.
+const maxRandomHandles = 3
+
+// handlePair is one handle opened on both sides of a lockstep check.
+type handlePair struct {
+	name      string
+	want, got afero.File // the kernel's and the overlay's
+	listed    bool       // whether a directory listing ran since the start
+}
+
+// readResult returns the kernel's read result for h, as the overlay gives
+// it. read(2) of a directory is EISDIR, but once a listing has moved the
+// position of a directory on ext4 to its end-of-directory cookie, the
+// kernel's range check of that position fails first, with EINVAL, before
+// the file system is asked. The overlay has no such positions: it says
+// EISDIR.
+func (h *handlePair) readResult(want string) string {
+	if h.listed {
+		return strings.Replace(want, errnoName(syscall.EINVAL), errnoName(syscall.EISDIR), 1)
+	}
+	return want
+}
+
+// TestKernelRandomHandles runs the random operations of TestKernelRandom on
+// a kernel overlay mount and on the overlay while read-only handles, opened
+// at random times on random names, stay open across them. At random times
+// a handle reads a few bytes, reads the rest, is described by Stat, lists
+// its directory, rewinds, or is closed. Every result must agree with the
+// kernel's, as must the merged tree. It checks what no single operation
+// shows: what an open handle sees after copy-ups, renames and removals.
+func TestKernelRandomHandles(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
+	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
+	for _, mode := range []subjectMode{diskLayers, memLayers} {
+		t.Run(string(mode), func(t *testing.T) {
+			rapid.Check(t, func(rt *rapid.T) {
+				runRandomHandles(rt, mode == diskLayers, kernelVsOverlay(mode))
+			})
+		})
+	}
+}
+
+// runRandomHandles is one random handle check.
+func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
+	l2 := drawLayer(rt, "L2", nil, symlinks)
+	lowers := []layerSpec{drawLayer(rt, "L1", l2, symlinks), l2}
+	ls := pair(rt, lowers...)
+	var handles []*handlePair
+	defer func() {
+		for _, h := range handles {
+			_ = h.want.Close() // best effort: the check is over
+			_ = h.got.Close()
+		}
+	}()
+	// compare records what a handle call returned on each side and fails
+	// the check if the two differ.
+	compare := func(what string, h *handlePair, want, got string) {
+		ls.lines = append(ls.lines, fmt.Sprintf("#%d %s %q: kernel %s, overlay %s", len(ls.lines)+1, what, h.name, want, got))
+		if want != got {
+			rt.Fatal(ls.report(fmt.Sprintf("%s on a handle of %q: kernel %s, overlay %s", what, h.name, want, got)))
+		}
+	}
+	// pick draws one of the open handles, skipping the action if none is.
+	pick := func(rt *rapid.T) (int, *handlePair) {
+		if len(handles) == 0 {
+			rt.Skip("no handle is open")
+		}
+		i := rapid.IntRange(0, len(handles)-1).Draw(rt, "handle")
+		return i, handles[i]
+	}
+	actions := map[string]func(*rapid.T){
+		"": func(rt *rapid.T) {
+			if p := ls.checkTree(); p != "" {
+				rt.Fatal(ls.report(p))
+			}
+		},
+		"op": func(rt *rapid.T) {
+			k := fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind"))
+			if k == fopSymlink && !symlinks {
+				rt.Skip("no symlinks in these layers")
+			}
+			op := drawOp(rt, k)
+			if climbsOut(ls.oracle, op) {
+				rt.Skip("the op would move a climbing symlink to the top level")
+			}
+			if _, _, p := ls.apply(op); p != "" {
+				rt.Fatal(ls.report(p))
+			}
+		},
+		"open": func(rt *rapid.T) {
+			if len(handles) == maxRandomHandles {
+				rt.Skip("enough handles are open")
+			}
+			name := rapid.SampledFrom(poolPaths).Draw(rt, "name")
+			h := &handlePair{name: name}
+			var werr, gerr error
+			h.want, werr = ls.oracle.Open(name)
+			h.got, gerr = ls.subject.Open(name)
+			compare("Open", h, errnoName(werr), errnoName(gerr))
+			if werr == nil {
+				handles = append(handles, h)
+			}
+		},
+		"read": func(rt *rapid.T) {
+			_, h := pick(rt)
+			n := rapid.IntRange(1, 4).Draw(rt, "bytes")
+			compare(fmt.Sprintf("Read(%d)", n), h, h.readResult(readSome(h.want, n)), readSome(h.got, n))
+		},
+		"readAll": func(rt *rapid.T) {
+			_, h := pick(rt)
+			compare("ReadAll", h, h.readResult(readRest(h.want)), readRest(h.got))
+		},
+		"stat": func(rt *rapid.T) {
+			_, h := pick(rt)
+			compare("Stat", h, statHandle(h.want), statHandle(h.got))
+		},
+		"readdir": func(rt *rapid.T) {
+			_, h := pick(rt)
+			h.listed = true
+			compare("Readdirnames(-1)", h, listHandle(h.want), listHandle(h.got))
+		},
+		"rewind": func(rt *rapid.T) {
+			_, h := pick(rt)
+			h.listed = false
+			compare("Seek(0, 0)", h, seekStart(h.want), seekStart(h.got))
+		},
+		"close": func(rt *rapid.T) {
+			i, h := pick(rt)
+			handles = slices.Delete(handles, i, i+1)
+			compare("Close", h, errnoName(h.want.Close()), errnoName(h.got.Close()))
+		},
+	}
+	rt.Repeat(actions)
+}
+
+// readSome reads up to n bytes from f and describes the result.
+func readSome(f afero.File, n int) string {
+	b := make([]byte, n)
+	got, err := f.Read(b)
+	return fmt.Sprintf("%q %s", b[:got], errnoName(err))
+}
+
+// readRest reads what is left in f and describes the result.
+func readRest(f afero.File) string {
+	b, err := io.ReadAll(f)
+	return fmt.Sprintf("%q %s", b, errnoName(err))
+}
+
+// statHandle describes what Stat on the handle f reports that a kernel
+// overlay and the overlay must agree on: name, type, permissions and size
+// (a directory's size is the layer's own).
+func statHandle(f afero.File) string {
+	fi, err := f.Stat()
+	if err != nil {
+		return errnoName(err)
+	}
+	size := fi.Size()
+	if fi.IsDir() {
+		size = 0
+	}
+	return fmt.Sprintf("%s %v %d", fi.Name(), fi.Mode()&(os.ModeType|os.ModePerm), size)
+}
+
+// listHandle lists the rest of the directory handle f, sorted (the
+// kernel's order is not).
+func listHandle(f afero.File) string {
+	names, err := f.Readdirnames(-1)
+	slices.Sort(names)
+	return fmt.Sprintf("%v %s", names, errnoName(err))
+}
+
+// seekStart seeks f to its start, which rewinds a directory.
+func seekStart(f afero.File) string {
+	off, err := f.Seek(0, io.SeekStart)
+	return fmt.Sprintf("%d %s", off, errnoName(err))
+}
