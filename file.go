@@ -29,9 +29,11 @@ type file struct {
 	dir    *dirHandle // for a directory
 	closed bool
 
-	// keepTimes is set on a writable handle whose layer would bump the
-	// file's mtime on Close even if nothing was written (MemMapFs does);
-	// Close then restores the mtime it had. up and upperPath name the file:
+	// keepTimes is set on a handle open for writing in the layer (which
+	// O_TRUNC alone makes it) whose layer may set the file's mtime on
+	// Close, which Linux's close never does (MemMapFs does, and its
+	// handles are not closed at all); Close then restores the mtime the
+	// file had just before. up and upperPath name the file:
 	// the layer it was opened in stays right after a Commit.
 	keepTimes bool
 	up        *layer
@@ -102,11 +104,37 @@ func (f *file) Seek(offset int64, whence int) (int64, error) {
 }
 
 // Write writes to the file; a handle not opened for writing gets EBADF.
+// With O_APPEND every write goes to the end of the file, as on Linux.
 func (f *file) Write(p []byte) (int, error) {
 	defer f.o.beginChange().endChange()
+	if f.flag&os.O_APPEND != 0 {
+		return f.appendWrite(p)
+	}
 	lf, err := f.writer("write")
-	if err != nil {
-		return 0, err
+	if err != nil || len(p) == 0 {
+		return 0, err // an empty write changes nothing on Linux, not even the mtime
+	}
+	n, err := lf.Write(p)
+	return n, f.wrap("write", err)
+}
+
+// appendWrite is Write on an O_APPEND handle. A host file's handle appends
+// by itself; for any other layer's handle, which may append only once, at
+// open (MemMapFs does), the offset is moved to the end first, under the
+// handle's lock, so that two appends through it never overlap.
+func (f *file) appendWrite(p []byte) (int, error) {
+	lf, err := f.writer("write")
+	if err != nil || len(p) == 0 {
+		return 0, err // an empty write changes nothing on Linux, not even the mtime
+	}
+	if _, ok := osFile(lf); ok {
+		n, err := lf.Write(p)
+		return n, f.wrap("write", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := lf.Seek(0, io.SeekEnd); err != nil {
+		return 0, f.wrap("write", err)
 	}
 	n, err := lf.Write(p)
 	return n, f.wrap("write", err)
@@ -116,8 +144,8 @@ func (f *file) Write(p []byte) (int, error) {
 func (f *file) WriteAt(p []byte, off int64) (int, error) {
 	defer f.o.beginChange().endChange()
 	lf, err := f.writer("write")
-	if err != nil {
-		return 0, err
+	if err != nil || len(p) == 0 {
+		return 0, err // an empty write changes nothing on Linux, not even the mtime
 	}
 	n, err := lf.WriteAt(p, off)
 	return n, f.wrap("write", err)
@@ -140,7 +168,6 @@ func (f *file) Truncate(size int64) error {
 	case f.dir != nil || !writable(f.flag):
 		return f.errf("truncate", syscall.EINVAL)
 	}
-	f.keepTimes = false // truncating changes the mtime anyway
 	return f.wrap("truncate", f.f.Truncate(size))
 }
 
@@ -193,10 +220,10 @@ func (f *file) Close() error {
 	if f.dir != nil {
 		f.o.handles.release(&f.dir.node)
 	}
-	if f.f == nil || f.keepTimes && mtimeOnlyClose(f.f) {
+	if f.f == nil || mtimeOnlyClose(f.f) {
 		return nil
 	}
-	if writable(f.flag) {
+	if writeIntent(f.flag) { // the layer's handle is writable
 		defer f.o.beginChange().endChange() // the layer may set the mtime
 	}
 	var mtime time.Time
@@ -215,9 +242,9 @@ func (f *file) Close() error {
 }
 
 // mtimeOnlyClose reports whether closing the layer's handle lf would do
-// nothing but set the file's mtime to now, which Linux's close never does:
-// so it is for a writable MemMapFs handle, which is then left to the
-// garbage collector rather than closed and its mtime put back.
+// nothing but mark it closed and, if it is writable, set the file's mtime
+// to now, which Linux's close never does: so it is for a MemMapFs handle,
+// which is then left to the garbage collector rather than closed.
 func mtimeOnlyClose(lf afero.File) bool {
 	_, ok := lf.(*mem.File)
 	return ok
@@ -298,7 +325,6 @@ func (f *file) writer(op string) (afero.File, error) {
 	case f.dir != nil || !writable(f.flag):
 		return nil, f.errf(op, syscall.EBADF)
 	}
-	f.keepTimes = false // a write changes the mtime anyway
 	return f.f, nil
 }
 

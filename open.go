@@ -94,7 +94,7 @@ func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero
 
 // writeHandle wraps the upper handle lf of the file p, opened for writing.
 func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *file {
-	return &file{o: o, name: name, flag: flag, f: lf, up: o.upper(), upperPath: p, keepTimes: !o.autoDirTimes && writable(flag)}
+	return &file{o: o, name: name, flag: flag, f: lf, up: o.upper(), upperPath: p, keepTimes: !o.autoDirTimes && writeIntent(flag)}
 }
 
 // openReader opens e for reading. A handle on a lower file is tracked so that

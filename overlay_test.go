@@ -254,6 +254,98 @@ func TestReadPastEnd(t *testing.T) {
 	}
 }
 
+// TestHandleWritesAsOnLinux checks what writes through a handle do to a
+// file's content and mtime, over a MemMapFs upper (whose handles append
+// only at open and set the mtime on Close and on empty writes) and a host
+// directory upper: each must do as a handle on Linux does.
+func TestHandleWritesAsOnLinux(t *testing.T) {
+	old := time.Date(2010, 5, 5, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name      string
+		flag      int
+		run       func(o afero.Fs, f afero.File) error
+		content   string
+		keepMtime bool // the mtime is still old, as set before Close
+	}{
+		{name: "O_APPEND writes at the end after a truncate", flag: os.O_WRONLY | os.O_APPEND,
+			run: func(o afero.Fs, f afero.File) error {
+				if err := f.Truncate(2); err != nil {
+					return err
+				}
+				_, err := f.Write([]byte("xy"))
+				return err
+			},
+			content: "loxy"},
+		{name: "O_APPEND writes at the end after another handle's write", flag: os.O_WRONLY | os.O_APPEND,
+			run: func(o afero.Fs, f afero.File) error {
+				if err := afero.WriteFile(o, "file", []byte("other content"), 0o644); err != nil {
+					return err
+				}
+				_, err := f.Write([]byte("!"))
+				return err
+			},
+			content: "other content!"},
+		{name: "Close keeps an mtime set after the last write", flag: os.O_RDWR,
+			run: func(o afero.Fs, f afero.File) error {
+				if _, err := f.Write([]byte("L")); err != nil {
+					return err
+				}
+				return o.Chtimes("file", old, old)
+			},
+			content: "Lower", keepMtime: true},
+		{name: "an empty write changes nothing", flag: os.O_RDWR,
+			run: func(o afero.Fs, f afero.File) error {
+				if err := o.Chtimes("file", old, old); err != nil {
+					return err
+				}
+				_, err := f.Write(nil)
+				return err
+			},
+			content: "lower", keepMtime: true},
+		{name: "O_RDONLY|O_TRUNC truncates, and Close keeps the mtime", flag: os.O_RDONLY | os.O_TRUNC,
+			run: func(o afero.Fs, f afero.File) error {
+				return o.Chtimes("file", old, old)
+			},
+			content: "", keepMtime: true},
+	}
+	uppers := map[string]func() afero.Fs{
+		"mem":  afero.NewMemMapFs,
+		"host": func() afero.Fs { return afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()) },
+	}
+	for _, tt := range tests {
+		for kind, upper := range uppers {
+			lower := afero.NewMemMapFs()
+			if err := afero.WriteFile(lower, "/file", []byte("lower"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			o, err := New(upper(), []afero.Fs{lower})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := o.OpenFile("file", tt.flag, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.run(o, f); err != nil {
+				t.Fatalf("%s, %s upper: %v", tt.name, kind, err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := readString(o, "file"); got != tt.content {
+				t.Errorf("%s, %s upper: content %q, want %q", tt.name, kind, got, tt.content)
+			}
+			fi, err := o.Stat("file")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.keepMtime && !fi.ModTime().Equal(old) {
+				t.Errorf("%s, %s upper: mtime %v after Close, want %v", tt.name, kind, fi.ModTime(), old)
+			}
+		}
+	}
+}
+
 // TestDirectoryTimes checks which operations change a directory's mtime in
 // the merged view: adding, removing and renaming entries do; copying a
 // child up and changing its attributes do not.
