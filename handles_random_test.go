@@ -17,6 +17,10 @@ import (
 // once.
 const maxRandomHandles = 3
 
+// handleFlags are the flags random handles are opened with: read-only
+// ones most often, and every flag of the operations' pool.
+var handleFlags = append([]int{os.O_RDONLY, os.O_RDONLY, os.O_WRONLY | os.O_APPEND, os.O_RDWR | os.O_CREATE}, poolFlags...)
+
 // handlePair is one handle opened on both sides of a lockstep check.
 type handlePair struct {
 	name      string
@@ -38,10 +42,11 @@ func (h *handlePair) readResult(want string) string {
 }
 
 // TestKernelRandomHandles runs the random operations of TestKernelRandom on
-// a kernel overlay mount and on the overlay while read-only handles, opened
-// at random times on random names, stay open across them. At random times
-// a handle reads a few bytes, reads the rest, is described by Stat, lists
-// its directory, rewinds, or is closed. Every result must agree with the
+// a kernel overlay mount and on the overlay while handles, opened at random
+// times on random names with random flags, stay open across them. At
+// random times a handle reads a few bytes, reads the rest, writes,
+// truncates, is described by Stat, lists its directory, rewinds, or is
+// closed. Every result must agree with the
 // kernel's, as must the merged tree. It checks what no single operation
 // shows: what an open handle sees after copy-ups, renames and removals.
 func TestKernelRandomHandles(t *testing.T) {
@@ -109,11 +114,12 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 				rt.Skip("enough handles are open")
 			}
 			name := rapid.SampledFrom(poolPaths).Draw(rt, "name")
+			flag := rapid.SampledFrom(handleFlags).Draw(rt, "flag")
 			h := &handlePair{name: name}
 			var werr, gerr error
-			h.want, werr = ls.oracle.Open(name)
-			h.got, gerr = ls.subject.Open(name)
-			compare("Open", h, errnoName(werr), errnoName(gerr))
+			h.want, werr = ls.oracle.OpenFile(name, flag, 0o644)
+			h.got, gerr = ls.subject.OpenFile(name, flag, 0o644)
+			compare(fmt.Sprintf("OpenFile(%#o)", flag), h, errnoName(werr), errnoName(gerr))
 			if werr == nil {
 				handles = append(handles, h)
 			}
@@ -126,6 +132,16 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 		"readAll": func(rt *rapid.T) {
 			_, h := pick(rt)
 			compare("ReadAll", h, h.readResult(readRest(h.want)), readRest(h.got))
+		},
+		"write": func(rt *rapid.T) {
+			_, h := pick(rt)
+			data := []byte(rapid.SampledFrom(poolContents).Draw(rt, "data"))
+			compare(fmt.Sprintf("Write(%q)", data), h, writeSome(h.want, data), writeSome(h.got, data))
+		},
+		"truncate": func(rt *rapid.T) {
+			_, h := pick(rt)
+			size := rapid.SampledFrom(poolSizes).Draw(rt, "size")
+			compare(fmt.Sprintf("Truncate(%d)", size), h, errnoName(h.want.Truncate(size)), errnoName(h.got.Truncate(size)))
 		},
 		"stat": func(rt *rapid.T) {
 			_, h := pick(rt)
@@ -161,6 +177,12 @@ func readSome(f afero.File, n int) string {
 func readRest(f afero.File) string {
 	b, err := io.ReadAll(f)
 	return fmt.Sprintf("%q %s", b, errnoName(err))
+}
+
+// writeSome writes data to f and describes the result.
+func writeSome(f afero.File, data []byte) string {
+	n, err := f.Write(data)
+	return fmt.Sprintf("%d %s", n, errnoName(err))
 }
 
 // statHandle describes what Stat on the handle f reports that a kernel
