@@ -46,10 +46,15 @@ var _ afero.File = (*file)(nil)
 func (f *file) Name() string { return f.name }
 
 // Read reads from the file, following it into the upper if it was copied up
-// since it was opened. Reads hold the handle's lock, as *os.File's do.
+// since it was opened. Reads hold the handle's lock, as *os.File's do. A
+// read of nothing reads nothing and succeeds, as *os.File's does, whatever
+// the handle.
 func (f *file) Read(p []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if len(p) == 0 && !f.closed {
+		return 0, nil
+	}
 	if err := f.readable("read"); err != nil {
 		return 0, err
 	}
@@ -59,9 +64,19 @@ func (f *file) Read(p []byte) (int, error) {
 
 // ReadAt reads from the file at offset off. A short read always comes with
 // an error, as io.ReaderAt requires, even where the layer's handle forgets.
+// A negative offset is EINVAL; a read of nothing succeeds, as with
+// *os.File.
 func (f *file) ReadAt(p []byte, off int64) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	switch {
+	case f.closed:
+		return 0, f.errf("read", os.ErrClosed)
+	case off < 0:
+		return 0, f.errf("readat", syscall.EINVAL)
+	case len(p) == 0:
+		return 0, nil
+	}
 	if err := f.readable("read"); err != nil {
 		return 0, err
 	}
@@ -99,8 +114,36 @@ func (f *file) Seek(offset int64, whence int) (int64, error) {
 	if err := f.follow(); err != nil {
 		return 0, f.errf("seek", err)
 	}
+	if _, ok := osFile(f.f); !ok {
+		return f.seekChecked(offset, whence)
+	}
 	ret, err := f.f.Seek(offset, whence)
 	return ret, f.wrap("seek", err)
+}
+
+// seekChecked seeks a layer's handle that is not a host file's, refusing
+// with EINVAL what lseek refuses and such a handle may not (MemMapFs goes
+// to a negative offset): an unknown whence, or an offset before the start.
+// The caller holds f.mu.
+func (f *file) seekChecked(offset int64, whence int) (int64, error) {
+	if whence != io.SeekStart && whence != io.SeekCurrent && whence != io.SeekEnd {
+		return 0, f.errf("seek", syscall.EINVAL)
+	}
+	cur, err := f.f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, f.wrap("seek", err)
+	}
+	ret, err := f.f.Seek(offset, whence)
+	if err == nil && ret < 0 {
+		_, err = f.f.Seek(cur, io.SeekStart)
+		if err == nil {
+			err = syscall.EINVAL
+		}
+	}
+	if err != nil {
+		return 0, f.errf("seek", err)
+	}
+	return ret, nil
 }
 
 // Write writes to the file; a handle not opened for writing gets EBADF.
@@ -141,14 +184,55 @@ func (f *file) appendWrite(p []byte) (int, error) {
 }
 
 // WriteAt writes to the file at offset off.
+//
+// As with *os.File, it refuses a handle opened with O_APPEND (where Linux's
+// pwrite would append) and a negative offset, with EINVAL, and writing
+// nothing succeeds on any handle.
 func (f *file) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.writeAtCheck(off); err != nil || len(p) == 0 {
+		return 0, err
+	}
 	defer f.o.beginChange().endChange()
 	lf, err := f.writer("write")
-	if err != nil || len(p) == 0 {
-		return 0, err // an empty write changes nothing on Linux, not even the mtime
+	if err != nil {
+		return 0, err
+	}
+	if _, ok := osFile(lf); ok {
+		n, err := lf.WriteAt(p, off)
+		return n, f.wrap("write", err)
+	}
+	return f.writeAtKeepingOffset(lf, p, off)
+}
+
+// writeAtKeepingOffset is WriteAt through the handle lf of a layer that is
+// not the host's, which may move the handle's offset (MemMapFs does):
+// pwrite leaves it where it was, so it is put back.
+func (f *file) writeAtKeepingOffset(lf afero.File, p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cur, err := lf.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, f.wrap("write", err)
 	}
 	n, err := lf.WriteAt(p, off)
+	if _, serr := lf.Seek(cur, io.SeekStart); err == nil {
+		err = serr
+	}
 	return n, f.wrap("write", err)
+}
+
+// writeAtCheck returns the error *os.File's WriteAt gives before writing
+// anything, if any.
+func (f *file) writeAtCheck(off int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.closed:
+		return f.errf("write", os.ErrClosed)
+	case f.flag&os.O_APPEND != 0, off < 0:
+		return f.errf("writeat", syscall.EINVAL)
+	}
+	return nil
 }
 
 // WriteString writes s to the file.

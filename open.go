@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"io"
 	"os"
 	"syscall"
 	"time"
@@ -93,7 +94,13 @@ func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero
 }
 
 // writeHandle wraps the upper handle lf of the file p, opened for writing.
+// An O_APPEND handle starts at offset 0, as on Linux, where a layer's may
+// start at the end (MemMapFs's does): its writes go to the end anyway (see
+// appendWrite).
 func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *file {
+	if _, ok := osFile(lf); !ok && flag&os.O_APPEND != 0 {
+		_, _ = lf.Seek(0, io.SeekStart) // best effort: only Seek and reads see the offset
+	}
 	return &file{o: o, name: name, flag: flag, f: lf, up: o.upper(), upperPath: p, keepTimes: !o.autoDirTimes && writeIntent(flag)}
 }
 

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -342,6 +343,105 @@ func TestHandleWritesAsOnLinux(t *testing.T) {
 			if tt.keepMtime && !fi.ModTime().Equal(old) {
 				t.Errorf("%s, %s upper: mtime %v after Close, want %v", tt.name, kind, fi.ModTime(), old)
 			}
+		}
+	}
+}
+
+// TestHandleOffsetsAsOnLinux checks offsets and the calls that *os.File
+// answers before asking the kernel, over a MemMapFs upper (whose handles
+// differ from Linux's in each row) and a host directory upper.
+func TestHandleOffsetsAsOnLinux(t *testing.T) {
+	tests := []struct {
+		name string
+		flag int
+		run  func(f afero.File) (string, error)
+		want string
+		err  error
+	}{
+		{name: "an O_APPEND handle starts at offset 0", flag: os.O_WRONLY | os.O_APPEND,
+			run: func(f afero.File) (string, error) {
+				off, err := f.Seek(0, io.SeekCurrent)
+				return fmt.Sprint(off), err
+			},
+			want: "0"},
+		{name: "WriteAt leaves the offset", flag: os.O_RDWR,
+			run: func(f afero.File) (string, error) {
+				if _, err := f.WriteAt([]byte("XY"), 3); err != nil {
+					return "", err
+				}
+				b, err := io.ReadAll(f)
+				return string(b), err
+			},
+			want: "lowXY"},
+		{name: "a seek before the start is EINVAL and keeps the offset", flag: os.O_RDONLY,
+			run: func(f afero.File) (string, error) {
+				if _, err := f.Seek(2, io.SeekStart); err != nil {
+					return "", err
+				}
+				if _, err := f.Seek(-3, io.SeekCurrent); !errors.Is(err, syscall.EINVAL) {
+					return "", fmt.Errorf("seek before the start: %v", err)
+				}
+				b, err := io.ReadAll(f)
+				return string(b), err
+			},
+			want: "wer"},
+		{name: "an unknown whence is EINVAL", flag: os.O_RDONLY,
+			run: func(f afero.File) (string, error) {
+				_, err := f.Seek(0, 7)
+				return "", err
+			},
+			err: syscall.EINVAL},
+		{name: "ReadAt at a negative offset is EINVAL", flag: os.O_RDONLY,
+			run: func(f afero.File) (string, error) {
+				_, err := f.ReadAt(make([]byte, 2), -1)
+				return "", err
+			},
+			err: syscall.EINVAL},
+		{name: "WriteAt on an O_APPEND handle is EINVAL", flag: os.O_WRONLY | os.O_APPEND,
+			run: func(f afero.File) (string, error) {
+				_, err := f.WriteAt([]byte("x"), 0)
+				return "", err
+			},
+			err: syscall.EINVAL},
+		{name: "WriteAt of nothing on a read-only handle succeeds", flag: os.O_RDONLY,
+			run: func(f afero.File) (string, error) {
+				n, err := f.WriteAt(nil, 0)
+				return fmt.Sprint(n), err
+			},
+			want: "0"},
+		{name: "Read of nothing on a write-only handle succeeds", flag: os.O_WRONLY,
+			run: func(f afero.File) (string, error) {
+				n, err := f.Read(nil)
+				return fmt.Sprint(n), err
+			},
+			want: "0"},
+	}
+	uppers := map[string]func() afero.Fs{
+		"mem":  afero.NewMemMapFs,
+		"host": func() afero.Fs { return afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()) },
+	}
+	for _, tt := range tests {
+		for kind, upper := range uppers {
+			lower := afero.NewMemMapFs()
+			if err := afero.WriteFile(lower, "/file", []byte("lower"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			o, err := New(upper(), []afero.Fs{lower})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := o.OpenFile("file", tt.flag, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := tt.run(f)
+			switch {
+			case tt.err == nil && err != nil, tt.err != nil && !errors.Is(err, tt.err):
+				t.Errorf("%s, %s upper: error %v, want %v", tt.name, kind, err, tt.err)
+			case got != tt.want:
+				t.Errorf("%s, %s upper: %q, want %q", tt.name, kind, got, tt.want)
+			}
+			f.Close()
 		}
 	}
 }
