@@ -25,6 +25,7 @@ var handleFlags = append([]int{os.O_RDONLY, os.O_RDONLY, os.O_WRONLY | os.O_APPE
 type handlePair struct {
 	name      string
 	want, got afero.File // the kernel's and the overlay's
+	dir       bool       // whether the handle is a directory's
 	listed    bool       // whether a directory listing ran since the start
 }
 
@@ -44,9 +45,9 @@ func (h *handlePair) readResult(want string) string {
 // TestKernelRandomHandles runs the random operations of TestKernelRandom on
 // a kernel overlay mount and on the overlay while handles, opened at random
 // times on random names with random flags, stay open across them. At
-// random times a handle reads a few bytes, reads the rest, writes,
-// truncates, is described by Stat, lists its directory, rewinds, or is
-// closed. Every result must agree with the
+// random times a handle reads a few bytes, reads the rest, reads or
+// writes at an offset, writes, truncates, seeks, is described by Stat,
+// lists its directory, rewinds, or is closed. Every result must agree with the
 // kernel's, as must the merged tree. It checks what no single operation
 // shows: what an open handle sees after copy-ups, renames and removals.
 func TestKernelRandomHandles(t *testing.T) {
@@ -121,6 +122,8 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 			h.got, gerr = ls.subject.OpenFile(name, flag, 0o644)
 			compare(fmt.Sprintf("OpenFile(%#o)", flag), h, errnoName(werr), errnoName(gerr))
 			if werr == nil {
+				fi, err := h.want.Stat()
+				h.dir = err == nil && fi.IsDir()
 				handles = append(handles, h)
 			}
 		},
@@ -143,6 +146,27 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 			size := rapid.SampledFrom(poolSizes).Draw(rt, "size")
 			compare(fmt.Sprintf("Truncate(%d)", size), h, errnoName(h.want.Truncate(size)), errnoName(h.got.Truncate(size)))
 		},
+		"seek": func(rt *rapid.T) {
+			_, h := pick(rt)
+			whence := rapid.IntRange(io.SeekStart, io.SeekEnd).Draw(rt, "whence")
+			off := rapid.Int64Range(-2, 6).Draw(rt, "offset")
+			if h.dir {
+				rt.Skip("a directory's offsets are its layer's own cookies; only a rewind compares")
+			}
+			h.listed = h.listed && !(whence == io.SeekStart && off == 0)
+			compare(fmt.Sprintf("Seek(%d, %d)", off, whence), h, seekTo(h.want, off, whence), seekTo(h.got, off, whence))
+		},
+		"readAt": func(rt *rapid.T) {
+			_, h := pick(rt)
+			off := rapid.Int64Range(0, 24).Draw(rt, "offset")
+			compare(fmt.Sprintf("ReadAt(4, %d)", off), h, h.readResult(readAt(h.want, off)), readAt(h.got, off))
+		},
+		"writeAt": func(rt *rapid.T) {
+			_, h := pick(rt)
+			off := rapid.Int64Range(0, 24).Draw(rt, "offset")
+			data := []byte(rapid.SampledFrom(poolContents).Draw(rt, "data"))
+			compare(fmt.Sprintf("WriteAt(%q, %d)", data, off), h, writeAtResult(writeAt(h.want, data, off)), writeAt(h.got, data, off))
+		},
 		"stat": func(rt *rapid.T) {
 			_, h := pick(rt)
 			compare("Stat", h, statHandle(h.want), statHandle(h.got))
@@ -164,6 +188,16 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 		},
 	}
 	rt.Repeat(actions)
+}
+
+// writeAtResult returns the kernel side's WriteAt result as the overlay
+// gives it: *os.File refuses WriteAt on an O_APPEND handle with an error
+// of its own, without an errno; the overlay says EINVAL.
+func writeAtResult(want string) string {
+	if strings.Contains(want, "O_APPEND") {
+		return "0 " + errnoName(syscall.EINVAL)
+	}
+	return want
 }
 
 // readSome reads up to n bytes from f and describes the result.
@@ -210,6 +244,24 @@ func listHandle(f afero.File) string {
 
 // seekStart seeks f to its start, which rewinds a directory.
 func seekStart(f afero.File) string {
-	off, err := f.Seek(0, io.SeekStart)
-	return fmt.Sprintf("%d %s", off, errnoName(err))
+	return seekTo(f, 0, io.SeekStart)
+}
+
+// seekTo seeks f and describes the result.
+func seekTo(f afero.File, off int64, whence int) string {
+	got, err := f.Seek(off, whence)
+	return fmt.Sprintf("%d %s", got, errnoName(err))
+}
+
+// readAt reads up to 4 bytes of f at off and describes the result.
+func readAt(f afero.File, off int64) string {
+	b := make([]byte, 4)
+	n, err := f.ReadAt(b, off)
+	return fmt.Sprintf("%q %s", b[:n], errnoName(err))
+}
+
+// writeAt writes data to f at off and describes the result.
+func writeAt(f afero.File, data []byte, off int64) string {
+	n, err := f.WriteAt(data, off)
+	return fmt.Sprintf("%d %s", n, errnoName(err))
 }
