@@ -48,7 +48,8 @@ func (h *handlePair) readResult(want string) string {
 // random times a handle reads a few bytes, reads the rest, reads or
 // writes at an offset, writes, truncates, seeks, is described by Stat,
 // lists its directory, rewinds, or is closed. Every result must agree with the
-// kernel's, as must the merged tree. It checks what no single operation
+// kernel's, as must the merged tree, over MemMapFs layers, disk layers and
+// a kernel-format upper. It checks what no single operation
 // shows: what an open handle sees after copy-ups, renames and removals.
 func TestKernelRandomHandles(t *testing.T) {
 	kernelOracle(t)
@@ -61,6 +62,22 @@ func TestKernelRandomHandles(t *testing.T) {
 			})
 		})
 	}
+	t.Run("kernel-format", func(t *testing.T) {
+		rapid.Check(t, func(rt *rapid.T) {
+			runRandomHandles(rt, true, kernelVsKernelFormat)
+		})
+	})
+}
+
+// kernelVsKernelFormat is the pairFunc comparing the kernel with the
+// overlay over a kernel-format upper, on the same kind of directories.
+func kernelVsKernelFormat(tb harnessTB, lowers ...layerSpec) *lockstep {
+	oracle, err := kernelMount(tb, lowers...)
+	if err != nil {
+		tb.Fatalf("mounting the kernel oracle: %v", err)
+	}
+	s := newKernelFormatStack(tb, lowers...)
+	return &lockstep{oracle: oracle, subject: s.o, oracleName: "kernel", subjectName: "overlay (kernel format)", lowers: lowers}
 }
 
 // runRandomHandles is one random handle check.
