@@ -1,0 +1,180 @@
+package overlay
+
+import (
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/spf13/afero"
+)
+
+// handleSet tracks the lower files that read-only handles have open, so that
+// a handle can follow its file into the upper after a copy-up, and after a
+// rename, as on Linux since 4.19; and the directories that handles have
+// open, so that they follow renames and see removals.
+type handleSet struct {
+	mu    sync.Mutex       // guards nodes and every node's path, upper, next and gone
+	nodes map[string]*node // by resolved name: the first of the handles on it
+
+	// epoch counts the copy-ups, renames and removals reported, so that a
+	// handle about to be tracked can tell whether its file changed since
+	// it was looked up. It changes under mu.
+	epoch atomic.Uint64
+}
+
+// node is one handle's record of the lower file (read-only handles) or the
+// directory it has open. It lives in the handle, so that opening allocates
+// nothing more; the handles on one name are chained.
+type node struct {
+	path string
+	next *node // the next handle on the same name
+	gone bool  // whether the name was removed or replaced
+
+	// copy is the upper copy of a lower file, opened for the handle when
+	// the file was copied up, until the handle switches to it. It is that
+	// copy whatever happens to the name afterwards: removed, or replaced,
+	// it is still what the handle reads, as a kernel overlay's handle
+	// reads the copy its inode was given.
+	copy afero.File
+	gen  atomic.Uint64 // bumped when copy is set
+}
+
+// acquire records that the handle of n has the file name open, unless
+// the set's epoch has moved on from since: then it reports false, and the
+// caller looks the name up again.
+func (s *handleSet) acquire(name string, n *node, since uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.epoch.Load() != since {
+		return false
+	}
+	if s.nodes == nil {
+		s.nodes = make(map[string]*node)
+	}
+	n.path, n.next = name, s.nodes[name]
+	s.nodes[name] = n
+	return true
+}
+
+// release forgets the handle of n, closing the upper copy opened for it if
+// the handle never switched to it. A node the set no longer holds (its
+// file was removed) is left alone.
+func (s *handleSet) release(n *node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n.copy != nil {
+		_ = n.copy.Close() // best effort: the copy was only opened
+		n.copy = nil
+	}
+	first := s.nodes[n.path]
+	switch {
+	case first == n && n.next == nil:
+		delete(s.nodes, n.path)
+		return
+	case first == n:
+		s.nodes[n.path] = n.next
+		return
+	}
+	for p := first; p != nil; p = p.next {
+		if p.next == n {
+			p.next = n.next
+			return
+		}
+	}
+}
+
+// takeCopy returns the upper copy opened for n's handle, if any, which the
+// handle owns from then on, and the generation that reflects.
+func (s *handleSet) takeCopy(n *node) (afero.File, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := n.copy
+	n.copy = nil
+	return c, n.gen.Load()
+}
+
+// name returns n's current name, and false if it was removed or replaced
+// since.
+func (s *handleSet) name(n *node) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return n.path, !n.gone
+}
+
+// copiedUp records that name now has its copy in the upper up, and opens
+// that copy for every handle on the lower file, which switches to it on
+// its next call. The caller holds o.mu for writing, so the copy is still at
+// name. A copy that cannot be opened leaves the handle reading the lower
+// file.
+func (s *handleSet) copiedUp(name string, up *layer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.epoch.Add(1)
+	for n := s.nodes[name]; n != nil; n = n.next {
+		c, err := up.open(name, os.O_RDONLY, 0)
+		if err != nil {
+			continue
+		}
+		if n.copy != nil {
+			_ = n.copy.Close() // best effort: a copy never read, from before a Commit
+		}
+		n.copy = c
+		n.gen.Add(1)
+	}
+}
+
+// renamed records that oldName and everything under it moved to newName.
+// Handles on a file the move replaced are forgotten. A lower file is
+// copied up before it moves, so no handle has a copy to open here.
+func (s *handleSet) renamed(oldName, newName string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.epoch.Add(1)
+	if oldName == newName {
+		return
+	}
+	s.forget(newName)
+	var moved []*node
+	for p, n := range s.nodes {
+		if under(p, oldName) {
+			delete(s.nodes, p)
+			moved = append(moved, n)
+		}
+	}
+	for _, first := range moved {
+		p := newName + first.path[len(oldName):]
+		for n := first; n != nil; n = n.next {
+			n.path = p
+		}
+		s.nodes[p] = first
+	}
+}
+
+// removed forgets name and everything under it: handles keep reading what
+// they have, as an unlinked file's handles do.
+func (s *handleSet) removed(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.epoch.Add(1)
+	s.forget(name)
+}
+
+// forget drops the handles on name and everything under it from the set,
+// marking them gone. The caller holds s.mu.
+func (s *handleSet) forget(name string) {
+	for p, first := range s.nodes {
+		if under(p, name) {
+			delete(s.nodes, p)
+			for n := first; n != nil; n = n.next {
+				n.gone = true
+			}
+		}
+	}
+}
+
+// under reports whether name is dir or lies beneath it.
+func under(name, dir string) bool {
+	rest, ok := strings.CutPrefix(name, dir)
+	return ok && (rest == "" || rest[0] == '/')
+}
