@@ -255,6 +255,34 @@ func TestReadPastEnd(t *testing.T) {
 	}
 }
 
+// handleTestUppers returns the uppers that handle tests run over, by name:
+// a MemMapFs, whose own handles differ from Linux's, and a host directory.
+func handleTestUppers(t *testing.T) map[string]func() afero.Fs {
+	return map[string]func() afero.Fs{
+		"mem":  afero.NewMemMapFs,
+		"host": func() afero.Fs { return afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()) },
+	}
+}
+
+// openLowerFile returns an overlay of upper over a MemMapFs lower holding
+// "file" ("lower"), and that file opened with flag.
+func openLowerFile(t *testing.T, upper afero.Fs, flag int) (*Overlay, afero.File) {
+	t.Helper()
+	lower := afero.NewMemMapFs()
+	if err := afero.WriteFile(lower, "/file", []byte("lower"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, err := New(upper, []afero.Fs{lower})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := o.OpenFile("file", flag, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, f
+}
+
 // TestHandleWritesAsOnLinux checks what writes through a handle do to a
 // file's content and mtime, over a MemMapFs upper (whose handles append
 // only at open and set the mtime on Close and on empty writes) and a host
@@ -309,24 +337,9 @@ func TestHandleWritesAsOnLinux(t *testing.T) {
 			},
 			content: "", keepMtime: true},
 	}
-	uppers := map[string]func() afero.Fs{
-		"mem":  afero.NewMemMapFs,
-		"host": func() afero.Fs { return afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()) },
-	}
 	for _, tt := range tests {
-		for kind, upper := range uppers {
-			lower := afero.NewMemMapFs()
-			if err := afero.WriteFile(lower, "/file", []byte("lower"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			o, err := New(upper(), []afero.Fs{lower})
-			if err != nil {
-				t.Fatal(err)
-			}
-			f, err := o.OpenFile("file", tt.flag, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
+		for kind, upper := range handleTestUppers(t) {
+			o, f := openLowerFile(t, upper(), tt.flag)
 			if err := tt.run(o, f); err != nil {
 				t.Fatalf("%s, %s upper: %v", tt.name, kind, err)
 			}
@@ -416,24 +429,9 @@ func TestHandleOffsetsAsOnLinux(t *testing.T) {
 			},
 			want: "0"},
 	}
-	uppers := map[string]func() afero.Fs{
-		"mem":  afero.NewMemMapFs,
-		"host": func() afero.Fs { return afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()) },
-	}
 	for _, tt := range tests {
-		for kind, upper := range uppers {
-			lower := afero.NewMemMapFs()
-			if err := afero.WriteFile(lower, "/file", []byte("lower"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			o, err := New(upper(), []afero.Fs{lower})
-			if err != nil {
-				t.Fatal(err)
-			}
-			f, err := o.OpenFile("file", tt.flag, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
+		for kind, upper := range handleTestUppers(t) {
+			_, f := openLowerFile(t, upper(), tt.flag)
 			got, err := tt.run(f)
 			switch {
 			case tt.err == nil && err != nil, tt.err != nil && !errors.Is(err, tt.err):
