@@ -120,12 +120,24 @@ func (f *file) Seek(offset int64, whence int) (int64, error) {
 	return ret, f.wrap("seek", err)
 }
 
-// seekChecked seeks a layer's handle that is not a host file's, refusing
-// with EINVAL what lseek refuses and such a handle may not (MemMapFs goes
-// to a negative offset): an unknown whence, or an offset before the start.
-// The caller holds f.mu.
+// Linux's SEEK_DATA and SEEK_HOLE, which the overlay follows whatever the
+// host: the next data, and the next hole, at or after an offset.
+const (
+	seekData = 3
+	seekHole = 4
+)
+
+// seekChecked seeks a layer's handle that is not a host file's as lseek
+// does, where such a handle may not (MemMapFs goes to a negative offset):
+// EINVAL for an unknown whence or an offset before the start, and
+// SEEK_DATA and SEEK_HOLE answered for a file without holes. The caller
+// holds f.mu.
 func (f *file) seekChecked(offset int64, whence int) (int64, error) {
-	if whence != io.SeekStart && whence != io.SeekCurrent && whence != io.SeekEnd {
+	switch whence {
+	case io.SeekStart, io.SeekCurrent, io.SeekEnd:
+	case seekData, seekHole:
+		return f.seekDataOrHole(offset, whence)
+	default:
 		return 0, f.errf("seek", syscall.EINVAL)
 	}
 	cur, err := f.f.Seek(0, io.SeekCurrent)
@@ -143,6 +155,25 @@ func (f *file) seekChecked(offset int64, whence int) (int64, error) {
 		return 0, f.errf("seek", err)
 	}
 	return ret, nil
+}
+
+// seekDataOrHole is lseek's SEEK_DATA and SEEK_HOLE on a file without
+// holes: the data is everywhere before the end, and the only hole is the
+// end; at or past the end, or before the start, there is neither (ENXIO).
+// The caller holds f.mu.
+func (f *file) seekDataOrHole(offset int64, whence int) (int64, error) {
+	fi, err := f.f.Stat()
+	if err != nil {
+		return 0, f.wrap("seek", err)
+	}
+	end := fi.Size()
+	if offset < 0 || offset >= end {
+		return 0, f.errf("seek", syscall.ENXIO)
+	}
+	if whence == seekHole {
+		offset = end
+	}
+	return f.f.Seek(offset, io.SeekStart)
 }
 
 // Write writes to the file; a handle not opened for writing gets EBADF.
@@ -239,8 +270,8 @@ func (f *file) WriteString(s string) (int, error) {
 	return f.Write([]byte(s))
 }
 
-// Truncate changes the file's size; a handle not opened for writing gets
-// EINVAL, as ftruncate does.
+// Truncate changes the file's size; a handle not opened for writing, and a
+// negative size, get EINVAL, as ftruncate does.
 func (f *file) Truncate(size int64) error {
 	defer f.o.beginChange().endChange()
 	f.mu.Lock()
@@ -248,7 +279,7 @@ func (f *file) Truncate(size int64) error {
 	switch {
 	case f.closed:
 		return f.errf("truncate", os.ErrClosed)
-	case f.dir != nil || !writable(f.flag):
+	case f.dir != nil || !writable(f.flag) || size < 0:
 		return f.errf("truncate", syscall.EINVAL)
 	}
 	return f.wrap("truncate", f.f.Truncate(size))

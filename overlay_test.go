@@ -404,6 +404,29 @@ func TestHandleOffsetsAsOnLinux(t *testing.T) {
 				return "", err
 			},
 			err: syscall.EINVAL},
+		{name: "SEEK_DATA finds data where there is some", flag: os.O_RDONLY,
+			run: func(f afero.File) (string, error) {
+				off, err := f.Seek(2, seekData)
+				return fmt.Sprint(off), err
+			},
+			want: "2"},
+		{name: "SEEK_HOLE finds the end", flag: os.O_RDONLY,
+			run: func(f afero.File) (string, error) {
+				off, err := f.Seek(2, seekHole)
+				return fmt.Sprint(off), err
+			},
+			want: "5"},
+		{name: "SEEK_DATA at the end is ENXIO", flag: os.O_RDONLY,
+			run: func(f afero.File) (string, error) {
+				_, err := f.Seek(5, seekData)
+				return "", err
+			},
+			err: syscall.ENXIO},
+		{name: "a negative size is EINVAL", flag: os.O_RDWR,
+			run: func(f afero.File) (string, error) {
+				return "", f.Truncate(-1)
+			},
+			err: syscall.EINVAL},
 		{name: "ReadAt at a negative offset is EINVAL", flag: os.O_RDONLY,
 			run: func(f afero.File) (string, error) {
 				_, err := f.ReadAt(make([]byte, 2), -1)
