@@ -425,8 +425,31 @@ func (o *Overlay) Chmod(name string, mode os.FileMode) error {
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Chown(name string, uid, gid int) error {
 	return o.setAttr("chown", name, func(up afero.Fs, p string) error {
-		return up.Chown(p, uid, gid)
+		if err := up.Chown(p, uid, gid); err != nil {
+			return err
+		}
+		return dropSetIDOnChown(up, p)
 	})
+}
+
+// dropSetIDOnChown clears what Linux's chown clears on a file that is not a
+// directory, whoever calls it: the set-user-ID bit, and the set-group-ID bit
+// where the group may execute. A host upper's chown has done so already;
+// MemMapFs's does not.
+func dropSetIDOnChown(up afero.Fs, p string) error {
+	fi, err := up.Stat(p)
+	if err != nil || fi.IsDir() {
+		return err
+	}
+	mode := fi.Mode()
+	drop := mode & os.ModeSetuid
+	if mode&0o010 != 0 {
+		drop |= mode & os.ModeSetgid
+	}
+	if drop == 0 {
+		return nil
+	}
+	return up.Chmod(p, mode&^drop&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky))
 }
 
 // Chtimes changes the access and modification times of the named file,

@@ -703,3 +703,49 @@ func TestReadHandleFollowsAcrossCommit(t *testing.T) {
 		t.Errorf("read after Commit = %q, %v, want %q", got, err, "upper")
 	}
 }
+
+// TestChownDropsSetID checks that Chown clears what Linux's chown clears,
+// even for root: the set-user-ID bit of a file that is not a directory,
+// and its set-group-ID bit where the group may execute.
+func TestChownDropsSetID(t *testing.T) {
+	tests := []struct {
+		name      string
+		dir       bool
+		mode, got os.FileMode
+	}{
+		{"set-user-ID file", false, 0o755 | os.ModeSetuid, 0o755},
+		{"set-group-ID file, group may execute", false, 0o775 | os.ModeSetgid, 0o775},
+		{"set-group-ID file, group may not execute", false, 0o765 | os.ModeSetgid, 0o765 | os.ModeSetgid},
+		{"sticky file", false, 0o755 | os.ModeSticky, 0o755 | os.ModeSticky},
+		{"set-ID directory", true, 0o755 | os.ModeSetuid | os.ModeSetgid, 0o755 | os.ModeSetuid | os.ModeSetgid},
+	}
+	for _, tt := range tests {
+		for kind, upper := range handleTestUppers(t) {
+			o, err := New(upper(), []afero.Fs{afero.NewMemMapFs()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.dir {
+				err = o.Mkdir("x", 0o755)
+			} else {
+				err = afero.WriteFile(o, "x", []byte("x"), 0o644)
+			}
+			if err == nil {
+				err = o.Chmod("x", tt.mode)
+			}
+			if err == nil {
+				err = o.Chown("x", os.Getuid(), os.Getgid())
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			fi, err := o.Stat("x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mode := fi.Mode() &^ os.ModeDir; mode != tt.got {
+				t.Errorf("%s, %s upper: mode after Chown %v, want %v", tt.name, kind, mode, tt.got)
+			}
+		}
+	}
+}
