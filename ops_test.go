@@ -40,6 +40,7 @@ const (
 	fopReadDirNames
 	fopTruncate
 	fopReadHandleFollows
+	fopChown
 	fopCount
 )
 
@@ -48,6 +49,7 @@ var fsOpNames = [fopCount]string{
 	"WriteFile", "Append", "OpenFile", "ReadFile", "Stat", "Lstat", "Mkdir",
 	"MkdirAll", "Remove", "RemoveAll", "Rename", "Chmod", "Chtimes",
 	"Symlink", "Readlink", "ReadDirNames", "Truncate", "ReadHandleFollows",
+	"Chown",
 }
 
 // String returns the operation's name.
@@ -71,6 +73,7 @@ type fsOp struct {
 	Mode  fs.FileMode
 	Flag  int
 	Size  int64
+	Owner int // Chown's uid and gid (the same)
 }
 
 // chtimesTime is the atime and mtime every Chtimes sets. It is not recent,
@@ -98,6 +101,7 @@ var (
 	}
 	poolTargets = []string{"a", "b", "d/e", "missing", "../a", "x"}
 	poolSizes   = []int64{0, 1, 3, 20}
+	poolOwners  = []int{0, 1000}
 )
 
 // openFlagNames renders OpenFile flags.
@@ -143,6 +147,8 @@ func (o fsOp) String() string {
 		return fmt.Sprintf("Symlink(%q, %q)", o.Data, o.Path)
 	case fopTruncate:
 		return fmt.Sprintf("Truncate(%q, %d)", o.Path, o.Size)
+	case fopChown:
+		return fmt.Sprintf("Chown(%q, %d, %d)", o.Path, o.Owner, o.Owner)
 	}
 	return fmt.Sprintf("%s(%q)", o.Kind, o.Path)
 }
@@ -277,6 +283,8 @@ func applyOp(fsys afero.Fs, o fsOp, sortListing bool) (opResult, error) {
 		return resultOf("", closeWith(f, f.Truncate(o.Size)))
 	case fopReadHandleFollows:
 		return readHandleFollows(fsys, o.Path)
+	case fopChown:
+		return resultOf("", fsys.Chown(o.Path, o.Owner, o.Owner))
 	}
 	return opResult{}, fmt.Errorf("unknown operation %v", o.Kind)
 }
@@ -407,6 +415,8 @@ func decodeFsOp(b []byte) fsOp {
 		}
 	case fopTruncate:
 		o.Size = poolSizes[pick(len(poolSizes), a)]
+	case fopChown:
+		o.Owner = poolOwners[pick(len(poolOwners), a)]
 	}
 	return o
 }
@@ -492,6 +502,8 @@ func encodeFsOp(o fsOp) ([]byte, error) {
 		}
 	case fopTruncate:
 		b[2] = index("size", len(poolSizes), func(i int) bool { return poolSizes[i] == o.Size })
+	case fopChown:
+		b[2] = index("owner", len(poolOwners), func(i int) bool { return poolOwners[i] == o.Owner })
 	}
 	if bad != nil {
 		return nil, bad

@@ -9,6 +9,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,6 +138,9 @@ func treeCompareEntry(want, got afero.Fs, p string, errs *[]error) {
 		report("mode %04o, want %04o", gp, wp)
 	}
 	if msg := mtimeDiff(wfi.ModTime(), gfi.ModTime()); msg != "" {
+		report("%s", msg)
+	}
+	if msg := ownerDiff(wfi, gfi); msg != "" {
 		report("%s", msg)
 	}
 	switch wt {
@@ -424,4 +428,15 @@ func TestCheckSameTreeFailsForCopyOnWriteFs(t *testing.T) {
 			t.Fatalf("checkSameTree missed CopyOnWriteFs ignoring a whiteout: %v", err)
 		}
 	})
+}
+
+// ownerDiff describes how got's owner differs from want's, "" if it does
+// not or if either side does not tell (MemMapFs layers).
+func ownerDiff(want, got fs.FileInfo) string {
+	w, wok := want.Sys().(*syscall.Stat_t)
+	g, gok := got.Sys().(*syscall.Stat_t)
+	if !wok || !gok || w.Uid == g.Uid && w.Gid == g.Gid {
+		return ""
+	}
+	return fmt.Sprintf("owner %d:%d, want %d:%d", g.Uid, g.Gid, w.Uid, w.Gid)
 }
