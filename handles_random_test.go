@@ -45,12 +45,13 @@ func (h *handlePair) readResult(want string) string {
 // TestKernelRandomHandles runs the random operations of TestKernelRandom on
 // a kernel overlay mount and on the overlay while handles, opened at random
 // times on random names with random flags, stay open across them. At
-// random times a handle reads a few bytes, reads the rest, reads or
-// writes at an offset, writes, truncates, seeks, is described by Stat,
-// lists its directory, rewinds, or is closed. Every result must agree with the
-// kernel's, as must the merged tree, over MemMapFs layers, disk layers and
-// a kernel-format upper. It checks what no single operation
-// shows: what an open handle sees after copy-ups, renames and removals.
+// random times a handle reads a few bytes, reads the rest, reads or writes
+// at an offset, writes, truncates, seeks, is described by Stat, lists its
+// directory, rewinds, or is closed. Every result must agree with the
+// kernel's, as must the merged tree, over MemMapFs layers, disk layers, a
+// kernel-format upper, and no upper at all (read-only, MemMapFs lowers).
+// It checks what no single operation shows: what an open handle sees after
+// copy-ups, renames and removals.
 func TestKernelRandomHandles(t *testing.T) {
 	kernelOracle(t)
 	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
@@ -65,6 +66,11 @@ func TestKernelRandomHandles(t *testing.T) {
 	t.Run("kernel-format", func(t *testing.T) {
 		rapid.Check(t, func(rt *rapid.T) {
 			runRandomHandles(rt, true, kernelVsKernelFormat)
+		})
+	})
+	t.Run("read-only", func(t *testing.T) {
+		rapid.Check(t, func(rt *rapid.T) {
+			runRandomHandles(rt, false, readOnlyKernelVsOverlay(memLayers))
 		})
 	})
 }
