@@ -10,11 +10,11 @@ import (
 )
 
 // handleSet tracks the lower files that read-only handles have open, so that
-// a handle can follow its file into the upper after a copy-up, and after a
-// rename, as on Linux since 4.19; and the directories that handles have
-// open, so that they follow renames and see removals.
+// a copy-up can give each of them the upper copy, which it reads from then
+// on, as on Linux since 4.19; and the directories that handles have open,
+// so that they follow renames and see removals.
 type handleSet struct {
-	mu    sync.Mutex       // guards nodes and every node's path, upper, next and gone
+	mu    sync.Mutex       // guards nodes and every node's path, next, gone and copy
 	nodes map[string]*node // by resolved name: the first of the handles on it
 
 	// epoch counts the copy-ups, renames and removals reported, so that a

@@ -64,8 +64,7 @@ func (l layer) path(name string) string {
 // spelling is already this layer's form of name, as "/a/b" is for a rooted
 // layer, it is returned as is, which spares building the name again.
 func (l layer) pathAs(name, spelled string) string {
-	if l.rooted && len(spelled) == len(name)+1 && spelled[0] == '/' && spelled[1:] == name ||
-		!l.rooted && spelled == name {
+	if l.rooted && len(spelled) == len(name)+1 && spelled[0] == '/' && spelled[1:] == name {
 		return spelled
 	}
 	return l.path(name)

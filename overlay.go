@@ -99,9 +99,10 @@ import (
 // lower layers with the semantics of Linux OverlayFS.
 type Overlay struct {
 	// layers holds the upper at index 0 (with a nil fs when the overlay is
-	// read-only) and then the lowers, topmost first. Once the overlay is
-	// built, an element is never changed in place: Commit builds a new
-	// slice. So a handle may keep a pointer to the upper it was opened in.
+	// read-only) and then the lowers, topmost first. An element is changed
+	// only while its slice is built (by New, or by Commit under o.mu, which
+	// builds a new slice), so a handle may keep a pointer to the upper it
+	// was opened in.
 	layers []layer
 
 	// autoDirTimes reports whether the upper updates a directory's mtime
