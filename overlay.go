@@ -454,12 +454,36 @@ func dropSetIDOnChown(up afero.Fs, p string) error {
 }
 
 // Chtimes changes the access and modification times of the named file,
-// following symlinks, copying it up first if a lower layer holds it.
+// following symlinks, copying it up first if a lower layer holds it. A
+// zero time leaves that time unchanged, as with os.Chtimes.
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Chtimes(name string, atime, mtime time.Time) error {
 	return o.setAttr("chtimes", name, func(up afero.Fs, p string) error {
+		if atime.IsZero() || mtime.IsZero() {
+			var err error
+			if atime, mtime, err = keepZeroTimes(up, p, atime, mtime); err != nil {
+				return err
+			}
+		}
 		return up.Chtimes(p, atime, mtime)
 	})
+}
+
+// keepZeroTimes returns atime and mtime with a zero one replaced by the
+// time the upper file p has now: os.Chtimes leaves a time given as zero
+// unchanged, where MemMapFs would set it to year 1.
+func keepZeroTimes(up afero.Fs, p string, atime, mtime time.Time) (time.Time, time.Time, error) {
+	fi, err := up.Stat(p)
+	if err != nil {
+		return atime, mtime, err
+	}
+	if atime.IsZero() {
+		atime = fileAtime(fi)
+	}
+	if mtime.IsZero() {
+		mtime = fi.ModTime()
+	}
+	return atime, mtime, nil
 }
 
 // SymlinkIfPossible creates newname as a symbolic link to oldname. The

@@ -749,3 +749,42 @@ func TestChownDropsSetID(t *testing.T) {
 		}
 	}
 }
+
+// TestChtimesZeroKeepsTime checks that a zero time given to Chtimes leaves
+// that time as it was, as os.Chtimes does, over any upper: MemMapFs would
+// set it to year 1.
+func TestChtimesZeroKeepsTime(t *testing.T) {
+	old := time.Date(2010, 5, 5, 0, 0, 0, 0, time.UTC)
+	later := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	for kind, upper := range handleTestUppers(t) {
+		for _, lower := range []bool{true, false} {
+			o, f := openLowerFile(t, upper(), os.O_RDONLY)
+			f.Close()
+			if !lower {
+				if err := o.Chtimes("file", old, old); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fi, err := o.Stat("file")
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := fi.ModTime() // now: a MemMapFs FileInfo is live
+			if err := o.Chtimes("file", later, time.Time{}); err != nil {
+				t.Fatal(err)
+			}
+			if fi, err = o.Stat("file"); err != nil {
+				t.Fatal(err)
+			}
+			if !fi.ModTime().Equal(before) {
+				t.Errorf("%s upper, lower file %v: mtime after Chtimes(later, zero) %v, want %v", kind, lower, fi.ModTime(), before)
+			}
+			if err := o.Chtimes("file", time.Time{}, later); err != nil {
+				t.Fatal(err)
+			}
+			if fi, err = o.Stat("file"); err != nil || !fi.ModTime().Equal(later) {
+				t.Errorf("%s upper, lower file %v: mtime after Chtimes(zero, later) %v, %v; want %v", kind, lower, fi.ModTime(), err, later)
+			}
+		}
+	}
+}
