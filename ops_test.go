@@ -64,7 +64,8 @@ func (k fsOpKind) String() string {
 // (for Symlink, the link's name); Path2 is Rename's new name; Data is the
 // content written or Symlink's target; Mode is the permission of Mkdir,
 // MkdirAll, Chmod and of files created by WriteFile and OpenFile; Flag holds
-// OpenFile's flags and Size Truncate's length.
+// OpenFile's flags; Size is Truncate's length, and for Chtimes which time
+// is given as zero, to be left as it is (0 neither, 1 atime, 2 mtime).
 type fsOp struct {
 	Kind  fsOpKind
 	Path  string
@@ -149,6 +150,8 @@ func (o fsOp) String() string {
 		return fmt.Sprintf("Truncate(%q, %d)", o.Path, o.Size)
 	case fopChown:
 		return fmt.Sprintf("Chown(%q, %d, %d)", o.Path, o.Owner, o.Owner)
+	case fopChtimes:
+		return fmt.Sprintf("Chtimes(%q, %s)", o.Path, [...]string{"both", "mtime only", "atime only"}[o.Size%3])
 	}
 	return fmt.Sprintf("%s(%q)", o.Kind, o.Path)
 }
@@ -256,7 +259,14 @@ func applyOp(fsys afero.Fs, o fsOp, sortListing bool) (opResult, error) {
 	case fopChmod:
 		return resultOf("", fsys.Chmod(o.Path, o.Mode))
 	case fopChtimes:
-		return resultOf("", fsys.Chtimes(o.Path, chtimesTime, chtimesTime))
+		atime, mtime := chtimesTime, chtimesTime
+		switch o.Size { // which time is left as it is: a zero time
+		case 1:
+			atime = time.Time{}
+		case 2:
+			mtime = time.Time{}
+		}
+		return resultOf("", fsys.Chtimes(o.Path, atime, mtime))
 	case fopSymlink:
 		l, ok := fsys.(afero.Linker)
 		if !ok {
@@ -417,6 +427,8 @@ func decodeFsOp(b []byte) fsOp {
 		o.Size = poolSizes[pick(len(poolSizes), a)]
 	case fopChown:
 		o.Owner = poolOwners[pick(len(poolOwners), a)]
+	case fopChtimes:
+		o.Size = int64(pick(3, a))
 	}
 	return o
 }
@@ -504,6 +516,8 @@ func encodeFsOp(o fsOp) ([]byte, error) {
 		b[2] = index("size", len(poolSizes), func(i int) bool { return poolSizes[i] == o.Size })
 	case fopChown:
 		b[2] = index("owner", len(poolOwners), func(i int) bool { return poolOwners[i] == o.Owner })
+	case fopChtimes:
+		b[2] = byte(o.Size)
 	}
 	if bad != nil {
 		return nil, bad
