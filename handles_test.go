@@ -146,3 +146,28 @@ func TestReadHandleFollowsCopyUpRacingItsOpen(t *testing.T) {
 		t.Fatalf("read %q, %v; want the copied-up file's \"upper\"", b, err)
 	}
 }
+
+func TestReadOnlyOpensAreNotTracked(t *testing.T) {
+	lower := afero.NewMemMapFs()
+	if err := afero.WriteFile(lower, "/f", []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, upper := range []afero.Fs{nil, afero.NewMemMapFs()} {
+		o, err := New(upper, []afero.Fs{lower})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := o.Open("f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 1 // a copy-up would have to find the handle
+		if upper == nil {
+			want = 0 // nothing is ever copied up
+		}
+		if got := len(o.handles.nodes); got != want {
+			t.Errorf("with upper %T: %d names tracked while a lower file is open, want %d", upper, got, want)
+		}
+		f.Close()
+	}
+}

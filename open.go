@@ -105,13 +105,14 @@ func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *f
 }
 
 // openReader opens e for reading. A handle on a lower file is tracked so that
-// it follows the file into the upper after a copy-up. If the file was copied
-// up, renamed or removed since e was looked up (the handle set's epoch has
-// moved on from since), the handle would miss that: it fails with errStale
-// and the caller looks up again.
+// a copy-up can give it the upper copy; in a read-only overlay nothing is
+// ever copied up, so nothing is tracked. If the file was copied up, renamed
+// or removed since e was looked up (the handle set's epoch has moved on from
+// since), the handle would miss that: it fails with errStale and the caller
+// looks up again.
 func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afero.File, error) {
 	f := &file{o: o, name: name, flag: flag}
-	if !e.inUpper() {
+	if !e.inUpper() && !o.readOnly() {
 		if beforeTracking != nil {
 			beforeTracking(e.path)
 		}
