@@ -61,7 +61,7 @@ func FuzzFileHandle(f *testing.F) {
 		for i := 0; i+3 <= len(script) && i < 3*64; i += 3 {
 			call, a, b := script[i], script[i+1], script[i+2]
 			what, w := fuzzHandleCall(want, call, a, b, osErrno)
-			_, g := fuzzHandleCall(got, call, a, b, fuzzErrno)
+			_, g := fuzzHandleCall(got, call, a, b, errnoName)
 			if w != g {
 				t.Fatalf("open %#o, call %d %s: os.File %s, overlay %s", flag, i/3, what, w, g)
 			}
@@ -78,25 +78,25 @@ func FuzzFileHandle(f *testing.F) {
 
 // fuzzHandleCall makes one call on f, chosen by call, with operands from a
 // and b (offsets from -8 to 55, sizes up to 63), and describes the call
-// and its result.
-func fuzzHandleCall(f afero.File, call, a, b byte, fuzzErrno func(error) string) (what, result string) {
+// and its result, naming an error with errName.
+func fuzzHandleCall(f afero.File, call, a, b byte, errName func(error) string) (what, result string) {
 	off := int64(a%64) - 8
 	size := int(b % 64)
 	switch call % 6 {
 	case 0:
 		buf := make([]byte, size)
 		n, err := f.Read(buf)
-		return fmt.Sprintf("Read(%d)", size), fmt.Sprintf("%q %s", buf[:n], fuzzErrno(err))
+		return fmt.Sprintf("Read(%d)", size), fmt.Sprintf("%q %s", buf[:n], errName(err))
 	case 1:
 		buf := make([]byte, size)
 		n, err := f.ReadAt(buf, off)
-		return fmt.Sprintf("ReadAt(%d, %d)", size, off), fmt.Sprintf("%q %s", buf[:n], fuzzErrno(err))
+		return fmt.Sprintf("ReadAt(%d, %d)", size, off), fmt.Sprintf("%q %s", buf[:n], errName(err))
 	case 2:
 		n, err := f.Write([]byte("abcdefghij")[:size%11])
-		return fmt.Sprintf("Write(%d bytes)", size%11), fmt.Sprintf("%d %s", n, fuzzErrno(err))
+		return fmt.Sprintf("Write(%d bytes)", size%11), fmt.Sprintf("%d %s", n, errName(err))
 	case 3:
 		n, err := f.WriteAt([]byte("ABCDEFGHIJ")[:size%11], off)
-		return fmt.Sprintf("WriteAt(%d bytes, %d)", size%11, off), fmt.Sprintf("%d %s", n, fuzzErrno(err))
+		return fmt.Sprintf("WriteAt(%d bytes, %d)", size%11, off), fmt.Sprintf("%d %s", n, errName(err))
 	case 4:
 		// Not SEEK_DATA or SEEK_HOLE: where the host file has holes is the
 		// host file system's choice, and MemMapFs has none.
@@ -105,33 +105,19 @@ func fuzzHandleCall(f afero.File, call, a, b byte, fuzzErrno func(error) string)
 		if err != nil {
 			n = 0 // the offset returned with an error means nothing
 		}
-		return fmt.Sprintf("Seek(%d, %d)", off, whence), fmt.Sprintf("%d %s", n, fuzzErrno(err))
+		return fmt.Sprintf("Seek(%d, %d)", off, whence), fmt.Sprintf("%d %s", n, errName(err))
 	}
 	err := f.Truncate(off)
-	return fmt.Sprintf("Truncate(%d)", off), fuzzErrno(err)
+	return fmt.Sprintf("Truncate(%d)", off), errName(err)
 }
 
-// fuzzErrno names err's errno, "ok" for nil and "EOF" for io.EOF.
-func fuzzErrno(err error) string {
-	var errno syscall.Errno
-	switch {
-	case err == nil:
-		return "ok"
-	case err == io.EOF:
-		return "EOF"
-	case errors.As(err, &errno):
-		return errno.Error()
-	}
-	return "no errno: " + err.Error()
-}
-
-// osErrno is fuzzErrno for *os.File, whose errors for what it refuses
+// osErrno is errnoName for *os.File, whose errors for what it refuses
 // without asking the kernel (a negative offset, WriteAt on an O_APPEND
 // handle) carry no errno: they are EINVAL, as the overlay reports them.
 func osErrno(err error) string {
 	var errno syscall.Errno
 	if err != nil && err != io.EOF && !errors.As(err, &errno) {
-		return syscall.EINVAL.Error()
+		return errnoName(syscall.EINVAL)
 	}
-	return fuzzErrno(err)
+	return errnoName(err)
 }
