@@ -88,9 +88,7 @@ func kernelVsKernelFormat(tb harnessTB, lowers ...layerSpec) *lockstep {
 
 // runRandomHandles is one random handle check.
 func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
-	l2 := drawLayer(rt, "L2", nil, symlinks)
-	lowers := []layerSpec{drawLayer(rt, "L1", l2, symlinks), l2}
-	ls := pair(rt, lowers...)
+	ls := pair(rt, drawLowers(rt, 2, symlinks)...)
 	var handles []*handlePair
 	defer func() {
 		for _, h := range handles {

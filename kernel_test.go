@@ -2,13 +2,14 @@ package overlay
 
 import (
 	"flag"
-	"github.com/spf13/afero"
+	"fmt"
 	"io/fs"
 	"os"
 	"path"
 	"strings"
 	"testing"
 
+	"github.com/spf13/afero"
 	"pgregory.net/rapid"
 )
 
@@ -586,6 +587,23 @@ func kernelVsOverlay(mode subjectMode) pairFunc {
 	}
 }
 
+// TestKernelRandomThreeLowers is TestKernelRandom over three lowers, so that
+// whiteouts and opaque directories in a middle layer hide what the bottom
+// one holds.
+func TestKernelRandomThreeLowers(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
+	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
+	for _, mode := range []subjectMode{diskLayers, memLayers} {
+		t.Run(string(mode), func(t *testing.T) {
+			rapid.Check(t, func(rt *rapid.T) {
+				symlinks := mode == diskLayers
+				runRandomOver(rt, symlinks, drawLowers(rt, 3, symlinks), kernelVsOverlay(mode))
+			})
+		})
+	}
+}
+
 // TestKernelReadOnlyRandom runs the random state machine against a kernel
 // overlay mounted without an upper directory, which is read-only, and an
 // Overlay without an upper: every result, errno included, and the tree
@@ -633,8 +651,23 @@ func readOnlyKernelVsOverlay(mode subjectMode) pairFunc {
 // after each one. Symlinks appear in layers and operations only when
 // symlinks is set.
 func runRandom(rt *rapid.T, symlinks bool, pair pairFunc) {
-	l2 := drawLayer(rt, "L2", nil, symlinks)
-	lowers := []layerSpec{drawLayer(rt, "L1", l2, symlinks), l2}
+	runRandomOver(rt, symlinks, drawLowers(rt, 2, symlinks), pair)
+}
+
+// drawLowers draws n lower layers, topmost first. Each but the bottom one
+// also gets whiteouts and opaque directories over the layer under it.
+func drawLowers(rt *rapid.T, n int, symlinks bool) []layerSpec {
+	lowers := make([]layerSpec, n)
+	var below layerSpec
+	for i := n - 1; i >= 0; i-- {
+		lowers[i] = drawLayer(rt, fmt.Sprintf("L%d", i+1), below, symlinks)
+		below = lowers[i]
+	}
+	return lowers
+}
+
+// runRandomOver is runRandom over the given lowers.
+func runRandomOver(rt *rapid.T, symlinks bool, lowers []layerSpec, pair pairFunc) {
 	ls := pair(rt, lowers...)
 	actions := map[string]func(*rapid.T){
 		"": func(rt *rapid.T) {
