@@ -654,3 +654,41 @@ func TestKernelFormatWorkDirOnlyDuringCalls(t *testing.T) {
 	wg.Wait()
 	absent("after racing calls")
 }
+
+// TestMadeOverWhiteoutTakesSetgidGroup checks that a file, a directory and
+// a symlink made where a lower name was removed, which the overlay builds in
+// its work directory, get what they would get made in place in a
+// set-group-ID directory, as the kernel gives them: its group, and for a
+// file its own set-user-ID bit.
+func TestMadeOverWhiteoutTakesSetgidGroup(t *testing.T) {
+	lower := layerSpec{"g": specDir(0o755), "g/f": specFile("x", 0o644), "g/d": specFile("x", 0o644), "g/l": specFile("x", 0o644)}
+	subjects := map[string]afero.Fs{
+		"OCI upper":           buildSubject(t, diskLayers, lower),
+		"kernel-format upper": newKernelFormatStack(t, lower).o,
+	}
+	for what, o := range subjects {
+		steps := []error{o.Chmod("g", 0o775|os.ModeSetgid), o.Chown("g", 0, 1000)}
+		for _, n := range []string{"g/f", "g/d", "g/l"} {
+			steps = append(steps, o.Remove(n))
+		}
+		steps = append(steps,
+			afero.WriteFile(o, "g/f", []byte("new"), 0o755|os.ModeSetuid),
+			o.Mkdir("g/d", 0o755),
+			o.(afero.Linker).SymlinkIfPossible("f", "g/l"))
+		if err := errors.Join(steps...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		for name, mode := range map[string]os.FileMode{"g/f": 0o755 | os.ModeSetuid, "g/d": os.ModeDir | 0o755 | os.ModeSetgid, "g/l": os.ModeSymlink} {
+			fi, _, err := o.(afero.Lstater).LstatIfPossible(name)
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			if _, gid, ok := ownerOf(fi); !ok || gid != 1000 {
+				t.Errorf("%s: %s has group %d (reported: %v), want 1000, its set-group-ID parent's", what, name, gid, ok)
+			}
+			if got := fi.Mode() & (os.ModeType | modeBits); mode != os.ModeSymlink && got != mode {
+				t.Errorf("%s: %s has mode %v, want %v", what, name, got, mode)
+			}
+		}
+	}
+}

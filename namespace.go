@@ -82,6 +82,9 @@ func (o *Overlay) mkdirOpaque(p string, perm os.FileMode) error {
 		err = up.markOpaque(tmp)
 	}
 	if err == nil {
+		err = o.takeParentGroup(tmp, p, false)
+	}
+	if err == nil {
 		err = up.fs.Chmod(up.path(tmp), perm&modeBits)
 	}
 	switch {
@@ -181,6 +184,9 @@ func (o *Overlay) symlink(target, name string) error {
 	}
 	tmp := o.tmpName()
 	err = up.symlink(target, tmp)
+	if err == nil {
+		err = o.takeParentGroup(tmp, p, true)
+	}
 	if err == nil {
 		err = o.placeOverDevice(tmp, p, false)
 	}

@@ -190,7 +190,12 @@ func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (a
 	if err != nil {
 		return nil, err
 	}
-	err = o.setCreatedMode(at, lf, perm)
+	if at != p {
+		err = o.takeParentGroup(at, p, false) // first: a chown clears set-user-ID
+	}
+	if err == nil {
+		err = o.setCreatedMode(at, lf, perm)
+	}
 	if err == nil && at != p {
 		err = o.placeOverDevice(at, p, false)
 	}

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"io/fs"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -60,4 +61,22 @@ func (o *Overlay) tidyWork() {
 	if o.work.exists && o.work.inflight.Load() == 0 {
 		o.work.exists = setWorkDir(o.layers[0], false) != nil
 	}
+}
+
+// takeParentGroup gives tmp, an entry built in the work directory for the
+// new name p, the group it would have got had it been made at p: on Linux
+// an entry made in a set-group-ID directory takes that directory's group.
+// Layers that do not report groups are left alone. symlink says whether
+// tmp is a symlink, whose own group is set, not its target's.
+func (o *Overlay) takeParentGroup(tmp, p string, symlink bool) error {
+	up := o.layers[0]
+	fi, err := up.lstat(parentOf(p))
+	if err != nil || fi.Mode()&fs.ModeSetgid == 0 {
+		return err
+	}
+	_, gid, ok := ownerOf(fi)
+	if !ok {
+		return nil
+	}
+	return up.chown(tmp, -1, gid, symlink)
 }
