@@ -53,16 +53,9 @@ func (h *handlePair) readResult(want string) string {
 // It checks what no single operation shows: what an open handle sees after
 // copy-ups, renames and removals.
 func TestKernelRandomHandles(t *testing.T) {
-	kernelOracle(t)
-	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
-	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
-	for _, mode := range []subjectMode{diskLayers, memLayers} {
-		t.Run(string(mode), func(t *testing.T) {
-			rapid.Check(t, func(rt *rapid.T) {
-				runRandomHandles(rt, mode == diskLayers, kernelVsOverlay(mode))
-			})
-		})
-	}
+	checkPerMode(t, func(rt *rapid.T, mode subjectMode) {
+		runRandomHandles(rt, mode == diskLayers, kernelVsOverlay(mode))
+	})
 	t.Run("kernel-format", func(t *testing.T) {
 		rapid.Check(t, func(rt *rapid.T) {
 			runRandomHandles(rt, true, kernelVsKernelFormat)

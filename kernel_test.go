@@ -468,14 +468,21 @@ const (
 // test; each operation's result and the merged tree after each operation
 // must agree. A failure shrinks to a minimal reproducer.
 func TestKernelRandom(t *testing.T) {
+	checkPerMode(t, func(rt *rapid.T, mode subjectMode) {
+		runRandom(rt, mode == diskLayers, kernelVsOverlay(mode))
+	})
+}
+
+// checkPerMode runs check with rapid against the kernel, with the random
+// tests' defaults, once over disk layers (which hold symlinks) and once
+// over MemMapFs layers.
+func checkPerMode(t *testing.T, check func(rt *rapid.T, mode subjectMode)) {
 	kernelOracle(t)
 	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
 	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
 	for _, mode := range []subjectMode{diskLayers, memLayers} {
 		t.Run(string(mode), func(t *testing.T) {
-			rapid.Check(t, func(rt *rapid.T) {
-				runRandom(rt, mode == diskLayers, kernelVsOverlay(mode))
-			})
+			rapid.Check(t, func(rt *rapid.T) { check(rt, mode) })
 		})
 	}
 }
@@ -591,17 +598,10 @@ func kernelVsOverlay(mode subjectMode) pairFunc {
 // whiteouts and opaque directories in a middle layer hide what the bottom
 // one holds.
 func TestKernelRandomThreeLowers(t *testing.T) {
-	kernelOracle(t)
-	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
-	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
-	for _, mode := range []subjectMode{diskLayers, memLayers} {
-		t.Run(string(mode), func(t *testing.T) {
-			rapid.Check(t, func(rt *rapid.T) {
-				symlinks := mode == diskLayers
-				runRandomOver(rt, symlinks, drawLowers(rt, 3, symlinks), kernelVsOverlay(mode))
-			})
-		})
-	}
+	checkPerMode(t, func(rt *rapid.T, mode subjectMode) {
+		symlinks := mode == diskLayers
+		runRandomOver(rt, symlinks, drawLowers(rt, 3, symlinks), kernelVsOverlay(mode))
+	})
 }
 
 // TestKernelReadOnlyRandom runs the random state machine against a kernel
