@@ -426,8 +426,8 @@ func (o *Overlay) Chmod(name string, mode os.FileMode) error {
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Chown(name string, uid, gid int) error {
 	return o.setAttr("chown", name, func(up afero.Fs, p string) error {
-		if err := up.Chown(p, uid, gid); err != nil {
-			return err
+		if err := up.Chown(p, uid, gid); err != nil || o.layers[0].isHost() {
+			return err // a host's chown has cleared what Linux clears
 		}
 		return dropSetIDOnChown(up, p)
 	})
@@ -435,8 +435,8 @@ func (o *Overlay) Chown(name string, uid, gid int) error {
 
 // dropSetIDOnChown clears what Linux's chown clears on a file that is not a
 // directory, whoever calls it: the set-user-ID bit, and the set-group-ID bit
-// where the group may execute. A host upper's chown has done so already;
-// MemMapFs's does not.
+// where the group may execute, for an upper that is not a host directory
+// (MemMapFs's chown clears nothing).
 func dropSetIDOnChown(up afero.Fs, p string) error {
 	fi, err := up.Stat(p)
 	if err != nil || fi.IsDir() {
@@ -450,7 +450,7 @@ func dropSetIDOnChown(up afero.Fs, p string) error {
 	if drop == 0 {
 		return nil
 	}
-	return up.Chmod(p, mode&^drop&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky))
+	return up.Chmod(p, mode&^drop&modeBits)
 }
 
 // Chtimes changes the access and modification times of the named file,
@@ -459,7 +459,7 @@ func dropSetIDOnChown(up afero.Fs, p string) error {
 // If there is an error, it will be of type [*fs.PathError].
 func (o *Overlay) Chtimes(name string, atime, mtime time.Time) error {
 	return o.setAttr("chtimes", name, func(up afero.Fs, p string) error {
-		if atime.IsZero() || mtime.IsZero() {
+		if (atime.IsZero() || mtime.IsZero()) && !o.layers[0].isHost() { // os.Chtimes keeps them itself
 			var err error
 			if atime, mtime, err = keepZeroTimes(up, p, atime, mtime); err != nil {
 				return err
