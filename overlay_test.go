@@ -229,11 +229,8 @@ func TestReadPastEnd(t *testing.T) {
 	read := func(f afero.File) (int, error) { return f.Read(make([]byte, 4)) }
 	readAt := func(f afero.File) (int, error) { return f.ReadAt(make([]byte, 4), 100) }
 	for _, upper := range []string{"lower file", "upper file"} {
-		lower := afero.NewMemMapFs()
-		if err := afero.WriteFile(lower, "/file", []byte("short"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		o, _ := newOverlay(t, lower)
+		o, f := openLowerFile(t, afero.NewMemMapFs(), os.O_RDONLY)
+		f.Close()
 		if upper == "upper file" {
 			if err := afero.WriteFile(o, "file", []byte("longer content"), 0o644); err != nil {
 				t.Fatal(err)
