@@ -17,9 +17,11 @@ import (
 // To FormatKernel, a whiteout ".wh.NAME" becomes a character device 0:0
 // NAME and an opaque marker ".wh..wh..opq" becomes the opaque xattr
 // (trusted.overlay.opaque, or user.overlay.opaque WithUserXattr). To
-// FormatOCI, the reverse. A whiteout's permission bits and times carry over;
-// so do the times of every directory Convert changes. The overlay's work
-// directory (".wh..wh.work") is left as it is.
+// FormatOCI, the reverse. A whiteout's owner, permission bits and times
+// carry over; so do the times of every directory Convert changes. An opaque
+// marker is made afresh, as the process makes any file in its directory,
+// since the kernel format has no file to carry its metadata. The overlay's
+// work directory (".wh..wh.work") is left as it is.
 //
 // The OCI format cannot express a redirected directory (one the kernel
 // renamed with redirect_dir=on), so converting a layer that holds one to
@@ -140,13 +142,26 @@ func (c converter) markerToDevice(marker, name string) error {
 	if err := kl.mknodWhiteout(name); err != nil {
 		return err
 	}
-	if err := os.Chmod(c.host(name), info.Mode().Perm()); err != nil {
-		return err
-	}
-	if err := os.Chtimes(c.host(name), fileAtime(info), info.ModTime()); err != nil {
+	if err := takeWhiteoutMeta(c.host(name), info); err != nil {
 		return err
 	}
 	return os.Remove(c.host(marker))
+}
+
+// takeWhiteoutMeta gives the host file p the owner, permission bits and
+// times of the whiteout info, so that a whiteout comes through a
+// conversion as it was. The owner is set explicitly because a new file in a
+// set-group-ID directory takes the directory's group.
+func takeWhiteoutMeta(p string, info fs.FileInfo) error {
+	if uid, gid, ok := fileOwner(info); ok {
+		if err := os.Lchown(p, uid, gid); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(p, info.Mode().Perm()); err != nil {
+		return err
+	}
+	return os.Chtimes(p, fileAtime(info), info.ModTime())
 }
 
 // checkNoRedirect fails with ErrRedirect if a directory in dir is
@@ -174,7 +189,7 @@ func (c converter) toOCI(dir string, list []os.DirEntry) error {
 	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, xattrNS: c.ns}
 	opaque, err := kl.opaqueXattr(dir)
 	if err == nil && opaque {
-		err = c.createMarker(join(dir, opaqueMarker), 0o644, nil)
+		err = c.createOpaqueMarker(join(dir, opaqueMarker))
 		if err == nil {
 			err = kl.clearOpaqueXattr(dir)
 		}
@@ -196,7 +211,7 @@ func (c converter) toOCI(dir string, list []os.DirEntry) error {
 		}
 		err = os.Remove(c.host(p))
 		if err == nil {
-			err = c.createMarker(whiteoutPath(p), info.Mode().Perm(), info)
+			err = c.createWhiteoutMarker(whiteoutPath(p), info)
 		}
 		if err != nil {
 			return pathErr("convert", p, err)
@@ -205,18 +220,23 @@ func (c converter) toOCI(dir string, list []os.DirEntry) error {
 	return nil
 }
 
-// createMarker creates the empty OCI marker file p with the permission bits
-// perm and, if info is not nil, its times.
-func (c converter) createMarker(p string, perm fs.FileMode, info fs.FileInfo) error {
+// createOpaqueMarker creates the empty OCI opaque marker p, as the process
+// creates any file there: the kernel format holds no marker, so there is no
+// owner, mode or time to carry over.
+func (c converter) createOpaqueMarker(p string) error {
 	hp := c.host(p)
-	if err := os.WriteFile(hp, nil, perm); err != nil {
+	if err := os.WriteFile(hp, nil, 0o644); err != nil {
 		return err
 	}
-	if err := os.Chmod(hp, perm); err != nil {
+	return os.Chmod(hp, 0o644)
+}
+
+// createWhiteoutMarker creates the empty OCI whiteout marker p with the
+// metadata of the whiteout device info.
+func (c converter) createWhiteoutMarker(p string, info fs.FileInfo) error {
+	hp := c.host(p)
+	if err := os.WriteFile(hp, nil, 0); err != nil {
 		return err
 	}
-	if info == nil {
-		return nil
-	}
-	return os.Chtimes(hp, fileAtime(info), info.ModTime())
+	return takeWhiteoutMeta(hp, info)
 }

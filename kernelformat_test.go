@@ -343,9 +343,31 @@ func TestConvertRoundTrip(t *testing.T) {
 		if err := Convert(upperFs, FormatOCI); err != nil {
 			rt.Fatalf("Convert to OCI: %v", err)
 		}
+		// The kernel format keeps an opaque directory as an xattr, with no
+		// file to carry the marker's owner, so Convert makes the marker as
+		// the process makes any file: in a set-group-ID directory it takes
+		// the directory's group. Only a marker's name means anything, to the
+		// overlay and to whoever applies the layer, so both sides' markers
+		// are made root's before the comparison.
+		for _, dir := range []string{snap, s.upper} {
+			if err := chownOpaqueMarkers(dir); err != nil {
+				rt.Fatalf("%v", err)
+			}
+		}
 		if err := checkSameTree(newOSDirFs(snap), newOSDirFs(s.upper)); err != nil {
 			rt.Fatalf("OCI → kernel → OCI changed the upper:\n%v", err)
 		}
+	})
+}
+
+// chownOpaqueMarkers gives every opaque marker under the host directory
+// root to root:root.
+func chownOpaqueMarkers(root string) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == opaqueMarker {
+			err = os.Lchown(p, 0, 0)
+		}
+		return err
 	})
 }
 
@@ -690,5 +712,49 @@ func TestMadeOverWhiteoutTakesSetgidGroup(t *testing.T) {
 				t.Errorf("%s: %s has mode %v, want %v", what, name, got, mode)
 			}
 		}
+	}
+}
+
+// TestConvertKeepsWhiteoutOwner checks that a whiteout keeps its owner
+// through Convert both ways, as it keeps its permission bits and times,
+// even in a set-group-ID directory, where a new marker would take the
+// directory's group.
+func TestConvertKeepsWhiteoutOwner(t *testing.T) {
+	kernelOracle(t)
+	root := t.TempDir()
+	dir := filepath.Join(root, "d")
+	marker := filepath.Join(dir, whiteoutPrefix+"f")
+	for _, err := range []error{
+		os.Mkdir(dir, 0o755),
+		os.WriteFile(marker, nil, 0o600),
+		os.Lchown(marker, 0, 0),
+		os.Chown(dir, 0, 1000),
+		os.Chmod(dir, 0o775|fs.ModeSetgid),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	upper := afero.NewBasePathFs(afero.NewOsFs(), root)
+	owner := func(p string) string {
+		t.Helper()
+		info, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := info.Sys().(*syscall.Stat_t)
+		return fmt.Sprintf("%d:%d %v", st.Uid, st.Gid, info.Mode())
+	}
+	if err := Convert(upper, FormatKernel); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := owner(filepath.Join(dir, "f")), "0:0 Dcrw-------"; got != want {
+		t.Errorf("whiteout device: %s, want %s", got, want)
+	}
+	if err := Convert(upper, FormatOCI); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := owner(marker), "0:0 -rw-------"; got != want {
+		t.Errorf("whiteout marker after the round trip: %s, want %s", got, want)
 	}
 }
