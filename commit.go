@@ -16,12 +16,16 @@ import (
 //
 // Commit waits for the calls in progress and holds new ones off while it
 // swaps the layers, so every call sees the stack before or after, never in
-// between. Handles opened before Commit keep working after it: a read-only
-// handle still follows its file once copied up; one opened for writing
-// keeps writing to its file, which is now in the committed layer, so close
-// writers before committing for a layer that no longer changes. If there is an error, it will be of type
-// [*fs.PathError]: EROFS for a read-only overlay, EINVAL for a nil newUpper,
-// ENOTEMPTY for one that holds anything.
+// between. Handles opened before Commit keep working after it. A read-only
+// handle reads what it would have read without the Commit: a change made
+// after it copies the file up from the committed layer, and the handle
+// follows the copy, as one on any lower file does. A handle opened for
+// writing keeps writing to its file, which is now in the committed layer:
+// once the file is copied up, its writes are no longer seen. Close writers
+// before committing, for a layer that no longer changes.
+// If there is an error, it will be of type [*fs.PathError]: EROFS for a
+// read-only overlay, EINVAL for a nil newUpper, ENOTEMPTY for one that
+// holds anything.
 func (o *Overlay) Commit(newUpper afero.Fs) error {
 	if err := o.commit(newUpper); err != nil {
 		return pathErr("commit", ".", err)
@@ -62,6 +66,7 @@ func (o *Overlay) commit(newUpper afero.Fs) error {
 		return err
 	}
 	o.swapUpper(fresh, isHostInfo(info))
+	o.handles.committed()
 	o.work.exists = false // the fresh upper has none until a call needs it
 	return nil
 }
@@ -172,6 +177,7 @@ func (o *Overlay) reset() error {
 	}
 	err := o.emptyUpper()
 	o.layers[0].names.reset() // the upper changed wholesale, maybe part-way
+	o.handles.discarded()
 	if err != nil {
 		return err
 	}

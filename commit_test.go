@@ -206,6 +206,53 @@ func TestReset(t *testing.T) {
 	}
 }
 
+// TestResetKeepsDiscardedFilesOpen checks that a read handle whose file
+// Reset discarded keeps reading that file, as a handle on a deleted file
+// does, even after the name is copied up again from the lower; and that a
+// handle on a lower file that was never copied up still follows a copy-up
+// after Reset.
+func TestResetKeepsDiscardedFilesOpen(t *testing.T) {
+	tests := []struct {
+		name   string
+		before func(o *Overlay, r afero.File) error // between Open and Reset
+		upper  bool                                 // f is written before the Open
+		want   string                               // what r reads after Reset and a write of "third"
+	}{
+		{"upper file", nil, true, "second"},
+		{"lower file, copied up", func(o *Overlay, _ afero.File) error {
+			return afero.WriteFile(o, "f", []byte("second"), 0o644)
+		}, false, "second"},
+		{"lower file, following its copy", func(o *Overlay, r afero.File) error {
+			if err := afero.WriteFile(o, "f", []byte("second"), 0o644); err != nil {
+				return err
+			}
+			_, err := r.Stat() // switches r to the copy
+			return err
+		}, false, "second"},
+		{"lower file, never copied up", nil, false, "third"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := New(afero.NewMemMapFs(), []afero.Fs{ltMap(map[string]string{"f": "first"})})
+			ltMust(t, err)
+			if tt.upper {
+				ltMust(t, afero.WriteFile(o, "f", []byte("second"), 0o644))
+			}
+			r, err := o.Open("f")
+			ltMust(t, err)
+			defer r.Close()
+			if tt.before != nil {
+				ltMust(t, tt.before(o, r))
+			}
+			ltMust(t, o.Reset())
+			ltMust(t, afero.WriteFile(o, "f", []byte("third"), 0o644))
+			if b, err := io.ReadAll(r); string(b) != tt.want || err != nil {
+				t.Errorf("read after Reset and a write = %q, %v; want %q", b, err, tt.want)
+			}
+		})
+	}
+}
+
 func TestResetErrors(t *testing.T) {
 	ro, err := New(nil, []afero.Fs{ltMap(map[string]string{"a": "a"})})
 	if err != nil {

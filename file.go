@@ -442,8 +442,9 @@ func (f *file) writer(op string) (afero.File, error) {
 	return f.f, nil
 }
 
-// follow switches a read-only handle on a lower file to the upper copy once
-// the file has been copied up, keeping the offset. The caller holds f.mu.
+// follow switches a read-only handle to the upper copy once its file has
+// been copied up, keeping the offset. The handle stays tracked, since a
+// Commit can make the copy a lower file in turn. The caller holds f.mu.
 func (f *file) follow() error {
 	if f.node == nil || f.node.gen.Load() == f.gen {
 		return nil
@@ -463,8 +464,6 @@ func (f *file) follow() error {
 	}
 	_ = f.f.Close() // best effort: the lower handle was only read
 	f.f = nf
-	f.o.handles.release(f.node)
-	f.node = nil
 	return nil
 }
 

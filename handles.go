@@ -9,9 +9,10 @@ import (
 	"github.com/spf13/afero"
 )
 
-// handleSet tracks the lower files that read-only handles have open, so that
-// a copy-up can give each of them the upper copy, which it reads from then
-// on, as on Linux since 4.19; and the directories that handles have open,
+// handleSet tracks the files that read-only handles have open, so that a
+// copy-up can give each of them the upper copy, which it reads from then
+// on, as on Linux since 4.19 (a file in the upper is copied up only after a
+// Commit made it a lower one); and the directories that handles have open,
 // so that they follow renames and see removals.
 type handleSet struct {
 	mu    sync.Mutex       // guards nodes and every node's path, next, gone and copy
@@ -23,13 +24,17 @@ type handleSet struct {
 	epoch atomic.Uint64
 }
 
-// node is one handle's record of the lower file (read-only handles) or the
+// node is one handle's record of the file (read-only handles) or the
 // directory it has open. It lives in the handle, so that opening allocates
 // nothing more; the handles on one name are chained.
 type node struct {
 	path string
 	next *node // the next handle on the same name
 	gone bool  // whether the name was removed or replaced
+
+	// inUpper says that the file the handle reads is in the upper layer,
+	// its own or the copy it was given, so that a Reset discards it.
+	inUpper bool
 
 	// copy is the upper copy of a lower file, opened for the handle when
 	// the file was copied up, until the handle switches to it. It is that
@@ -120,7 +125,47 @@ func (s *handleSet) copiedUp(name string, up *layer) {
 			_ = n.copy.Close() // best effort: a copy never read, from before a Commit
 		}
 		n.copy = c
+		n.inUpper = true
 		n.gen.Add(1)
+	}
+}
+
+// committed records that a Commit made the upper a lower layer: every
+// handle's file is in a lower layer now, and a copy-up gives it a copy.
+func (s *handleSet) committed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, first := range s.nodes {
+		for n := first; n != nil; n = n.next {
+			n.inUpper = false
+		}
+	}
+}
+
+// discarded records that a Reset emptied the upper layer: the handles
+// whose files were in it keep reading them, as handles on removed files
+// do, and are forgotten, so that a later copy-up of the name, from a lower
+// file, does not reach them.
+func (s *handleSet) discarded() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.epoch.Add(1)
+	for p, first := range s.nodes {
+		var kept *node
+		for n := first; n != nil; {
+			next := n.next
+			if n.inUpper {
+				n.gone, n.next = true, nil
+			} else {
+				n.next, kept = kept, n
+			}
+			n = next
+		}
+		if kept == nil {
+			delete(s.nodes, p)
+		} else {
+			s.nodes[p] = kept
+		}
 	}
 }
 

@@ -98,6 +98,39 @@ func TestHandleSetFollowsEveryHandle(t *testing.T) {
 	}
 }
 
+func TestHandleSetDiscardKeepsLowerFilesHandles(t *testing.T) {
+	var s handleSet
+	a, b, c, d := &node{inUpper: true}, new(node), &node{inUpper: true}, new(node)
+	for _, n := range []*node{a, b, c} {
+		s.acquire("f", n, s.epoch.Load())
+	}
+	s.acquire("g", d, s.epoch.Load())
+	s.discarded()
+	if s.nodes["f"] != b || b.next != nil || s.nodes["g"] != d {
+		t.Fatalf("after a Reset: f's handles start at %p (b is %p, b.next %p), g's at %p (d is %p)", s.nodes["f"], b, b.next, s.nodes["g"], d)
+	}
+	if !a.gone || !c.gone || b.gone || d.gone {
+		t.Fatalf("after a Reset: gone a=%t b=%t c=%t d=%t, want the upper files' a and c", a.gone, b.gone, c.gone, d.gone)
+	}
+	s.release(a) // forgotten: nothing to do, nothing to break
+	if s.nodes["f"] != b {
+		t.Fatal("releasing a discarded file's handle dropped a lower file's")
+	}
+	s.committed()
+	up := &layer{fs: afero.NewMemMapFs(), rooted: true}
+	if err := afero.WriteFile(up.fs, "/f", []byte("upper"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.copiedUp("f", up)
+	if !b.inUpper {
+		t.Fatal("a copy-up left b's file in the lower")
+	}
+	s.committed()
+	if b.inUpper {
+		t.Fatal("a Commit left b's file in the upper")
+	}
+}
+
 func TestHandleSetRefusesStaleEpoch(t *testing.T) {
 	var s handleSet
 	since := s.epoch.Load()

@@ -104,38 +104,34 @@ func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *f
 	return &file{o: o, name: name, flag: flag, f: lf, up: o.upper(), upperPath: p, keepTimes: !o.autoDirTimes && writeIntent(flag)}
 }
 
-// openReader opens e for reading. A handle on a lower file is tracked so that
-// a copy-up can give it the upper copy; in a read-only overlay nothing is
-// ever copied up, so nothing is tracked. If the file was copied up, renamed
-// or removed since e was looked up (the handle set's epoch has moved on from
-// since), the handle would miss that: it fails with errStale and the caller
-// looks up again.
+// openReader opens e for reading. In an overlay with an upper, the handle
+// is tracked, so that a copy-up can give it the upper copy, as on Linux
+// since 4.19: a lower file's handle from the start, and an upper file's
+// too, since a Commit turns its file into a lower one. In a read-only
+// overlay nothing is ever copied up, so nothing is tracked. If the file was
+// copied up, renamed or removed since e was looked up (the handle set's
+// epoch has moved on from since), the handle would miss that, and might
+// have opened another file: it fails with errStale and the caller looks up
+// again.
 func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afero.File, error) {
-	f := &file{o: o, name: name, flag: flag}
-	if !e.inUpper() && !o.readOnly() {
-		if beforeTracking != nil {
-			beforeTracking(e.path)
-		}
-		f.node = &f.own
-		if !o.handles.acquire(e.path, f.node, since) {
-			return nil, errStale
-		}
-	}
 	lf, err := o.layers[e.layer].openReading(e.src(), name)
 	if err != nil {
-		if f.node != nil {
-			o.handles.release(f.node)
-		}
 		return nil, err
 	}
-	f.f = lf
-	if n := f.node; n != nil {
-		f.gen = n.gen.Load()
-		if err := f.follow(); err != nil { // copied up while we opened it
-			_ = f.Close() // best effort: the handle was never returned
-			return nil, err
-		}
+	f := &file{o: o, name: name, flag: flag, f: lf}
+	if o.readOnly() {
+		return f, nil
 	}
+	if beforeTracking != nil {
+		beforeTracking(e.path)
+	}
+	f.node = &f.own
+	f.node.inUpper = e.inUpper()
+	if !o.handles.acquire(e.path, f.node, since) {
+		_ = lf.Close() // best effort: the handle was never returned
+		return nil, errStale
+	}
+	f.gen = f.node.gen.Load()
 	return f, nil
 }
 
@@ -152,7 +148,7 @@ func (o *Overlay) openDir(name string, e entry, flag int, since uint64) (afero.F
 }
 
 // beforeTracking, when set (by the tests), runs between the lookup of a
-// lower file being opened for reading and the tracking of its handle.
+// file being opened for reading and the tracking of its handle.
 var beforeTracking func(path string)
 
 // toUpper returns the upper copy of the non-directory e, copying it up

@@ -680,24 +680,60 @@ func TestRenameMergedDropsIdleWhiteouts(t *testing.T) {
 	}
 }
 
-// TestReadHandleFollowsAcrossCommit checks that a read handle that has yet
-// to follow its copied-up file finds it in the committed layer.
+// TestReadHandleFollowsAcrossCommit checks that a read handle opened before
+// a Commit sees what is written to its file after it, as it would had there
+// been no Commit: the file it reads is now in the committed layer, so a
+// write copies it up, and the handle must follow the copy, as a handle on
+// a lower file does. The handle was opened on a lower file (and, in one
+// case, already follows its copy) or on a file in the upper.
 func TestReadHandleFollowsAcrossCommit(t *testing.T) {
-	o, _ := newOverlay(t, timedLayer(map[string]string{"f": "lower"}, nil))
-	r, err := o.Open("f")
-	if err != nil {
-		t.Fatal(err)
+	write := func(o *Overlay, data string) error { return afero.WriteFile(o, "f", []byte(data), 0o644) }
+	tests := []struct {
+		name   string
+		before func(o *Overlay, r afero.File) error // between Open and Commit
+		lower  bool                                 // f is in the lower, else in the upper
+		want   string                               // what r reads after Commit and a write of "third"
+	}{
+		{"lower file, copied up before Commit", func(o *Overlay, _ afero.File) error { return write(o, "second") }, true, "third"},
+		{"lower file, followed before Commit", func(o *Overlay, r afero.File) error {
+			if err := write(o, "second"); err != nil {
+				return err
+			}
+			_, err := r.Stat() // switches r to the copy
+			return err
+		}, true, "third"},
+		{"lower file, untouched", nil, true, "third"},
+		{"upper file", nil, false, "third"},
 	}
-	defer r.Close()
-	if err := afero.WriteFile(o, "f", []byte("upper"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := o.Commit(afero.NewMemMapFs()); err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(r)
-	if err != nil || string(got) != "upper" {
-		t.Errorf("read after Commit = %q, %v, want %q", got, err, "upper")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, _ := newOverlay(t, timedLayer(map[string]string{"f": "first", "g": "g"}, nil))
+			if !tt.lower {
+				if err := write(o, "first"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r, err := o.Open("f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if tt.before != nil {
+				if err := tt.before(o, r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := o.Commit(afero.NewMemMapFs()); err != nil {
+				t.Fatal(err)
+			}
+			if err := write(o, "third"); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(r)
+			if err != nil || string(got) != tt.want {
+				t.Errorf("read after Commit and a write = %q, %v, want %q", got, err, tt.want)
+			}
+		})
 	}
 }
 
