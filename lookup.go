@@ -95,7 +95,7 @@ const maxSymlinks = 40
 // lookup resolves name and fails with ENOENT if it does not exist. It
 // follows a final symlink if follow is set. It takes o.mu for reading.
 func (o *Overlay) lookup(name string, follow bool) (entry, error) {
-	e, found, err := o.resolve(name, follow)
+	e, found, err := o.resolve(name, follow, true)
 	if err == nil && !found {
 		err = syscall.ENOENT
 	}
@@ -458,7 +458,7 @@ func (o *Overlay) statName(name string, follow bool) (fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, found, err := o.lookupQuickly(clean, follow)
+	e, found, err := o.lookupQuickly(clean, follow, true)
 	switch {
 	case err != nil:
 		return nil, err

@@ -80,9 +80,11 @@ func (o *Overlay) frozen(name string, follow bool) (e entry, found, ok bool) {
 
 // resolve walks the clean name, as walk does, answering from the lookup
 // cache when it can. It returns the entry and whether it was found; the
-// entry's FileInfo is real, as endOfWalk gives it. It takes o.mu for
-// reading.
-func (o *Overlay) resolve(name string, follow bool) (entry, bool, error) {
+// entry's FileInfo is real, as endOfWalk gives it, unless withInfo is false
+// and the cache answered for an upper entry: then it is the typeOnly
+// stand-in of its type (see infoOf), which spares reading the layer. It
+// takes o.mu for reading.
+func (o *Overlay) resolve(name string, follow, withInfo bool) (entry, bool, error) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
 	c := &o.lookups
@@ -94,7 +96,7 @@ func (o *Overlay) resolve(name string, follow bool) (entry, bool, error) {
 	gen := c.upper.Load().generation()
 	if c.gen.Load() == gen {
 		if v, ok := m.Load(name); ok {
-			return o.hit(name, follow, v.(*cachedWalk))
+			return o.hit(name, follow, withInfo, v.(*cachedWalk))
 		}
 	} else {
 		c.clear()
@@ -118,19 +120,20 @@ func (o *Overlay) resolve(name string, follow bool) (entry, bool, error) {
 // lookupQuickly is resolve, answering without a lock where the cache has
 // a frozen answer. A caller that uses the entry's layer holds o.use, so
 // that the layer number stays that of the same layer (Commit renumbers
-// them); statName uses only the FileInfo.
-func (o *Overlay) lookupQuickly(name string, follow bool) (entry, bool, error) {
+// them); statName uses only the FileInfo. Open, which needs only the type,
+// passes withInfo false.
+func (o *Overlay) lookupQuickly(name string, follow, withInfo bool) (entry, bool, error) {
 	if e, found, ok := o.frozen(name, follow); ok {
 		return e, found, nil
 	}
-	return o.resolve(name, follow)
+	return o.resolve(name, follow, withInfo)
 }
 
 // hit returns the remembered walk of name, reading the FileInfo of an
-// upper entry afresh.
-func (o *Overlay) hit(name string, follow bool, cw *cachedWalk) (entry, bool, error) {
+// upper entry afresh if withInfo is set.
+func (o *Overlay) hit(name string, follow, withInfo bool, cw *cachedWalk) (entry, bool, error) {
 	e := cw.entry
-	if cw.found && cw.inUpper() {
+	if withInfo && cw.found && cw.inUpper() {
 		info, err := o.infoOf(e)
 		if err != nil {
 			return entry{}, false, err

@@ -29,7 +29,7 @@ func (o *Overlay) openOnce(name, clean string, flag int, perm os.FileMode) (afer
 	if flag&os.O_CREATE != 0 && !o.readOnly() {
 		return o.openCreate(name, clean, follow, flag, perm, since)
 	}
-	e, found, err := o.lookupQuickly(clean, follow)
+	e, found, err := o.lookupQuickly(clean, follow, false)
 	switch {
 	case err != nil:
 		return nil, err
@@ -68,7 +68,8 @@ func (o *Overlay) openCreate(name, clean string, follow bool, flag int, perm os.
 const maxRetries = 100
 
 // openEntry opens the existing entry e, copying it up first for write
-// intent. since is the handle set's epoch from before e was looked up.
+// intent. since is the handle set's epoch from before e was looked up. Of
+// e's FileInfo only the type may be known (see resolve).
 func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero.File, error) {
 	switch {
 	case e.isSymlink():
@@ -140,7 +141,11 @@ func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afer
 // on a kernel overlay does; like openReader it fails with errStale if e
 // changed since it was looked up.
 func (o *Overlay) openDir(name string, e entry, flag int, since uint64) (afero.File, error) {
-	d := &dirHandle{info: namedInfo{e.info, baseOf(cleanOrRoot(name))}}
+	info, err := o.infoOf(e) // the lookup may have left only the type
+	if err != nil {
+		return nil, err
+	}
+	d := &dirHandle{info: namedInfo{info, baseOf(cleanOrRoot(name))}}
 	if !o.handles.acquire(e.path, &d.node, since) {
 		return nil, errStale
 	}
