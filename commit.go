@@ -19,10 +19,11 @@ import (
 // between. Handles opened before Commit keep working after it. A read-only
 // handle reads what it would have read without the Commit: a change made
 // after it copies the file up from the committed layer, and the handle
-// follows the copy, as one on any lower file does. A handle opened for
-// writing keeps writing to its file, which is now in the committed layer:
-// once the file is copied up, its writes are no longer seen. Close writers
-// before committing, for a layer that no longer changes.
+// follows the copy, as one on any lower file does. A handle opened to
+// change its file (for writing, or with O_TRUNC) keeps that file, which is
+// now in the committed layer: once the file is copied up, what the handle
+// writes is no longer seen, and it does not see later changes. Close such
+// handles before committing, for a layer that no longer changes.
 // If there is an error, it will be of type [*fs.PathError]: EROFS for a
 // read-only overlay, EINVAL for a nil newUpper, ENOTEMPTY for one that
 // holds anything.

@@ -27,6 +27,7 @@ type handlePair struct {
 	want, got afero.File // the kernel's and the overlay's
 	dir       bool       // whether the handle is a directory's
 	listed    bool       // whether a directory listing ran since the start
+	changer   bool       // whether it was opened to change the file: to write or truncate it
 }
 
 // readResult returns the kernel's read result for h, as the overlay gives
@@ -124,13 +125,31 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 				rt.Fatal(ls.report(p))
 			}
 		},
+		"op on a handle's name": func(rt *rapid.T) {
+			_, h := pick(rt)
+			k := fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind"))
+			if k == fopSymlink && !symlinks {
+				rt.Skip("no symlinks in these layers")
+			}
+			op := drawOp(rt, k)
+			op.Path = h.name
+			if k == fopSymlink && strings.HasPrefix(op.Data, "..") && !strings.Contains(op.Path, "/") {
+				rt.Skip("a top-level link must not climb out of the tree")
+			}
+			if climbsOut(ls.oracle, op) {
+				rt.Skip("the op would move a climbing symlink to the top level")
+			}
+			if _, _, p := ls.apply(op); p != "" {
+				rt.Fatal(ls.report(p))
+			}
+		},
 		"open": func(rt *rapid.T) {
 			if len(handles) == maxRandomHandles {
 				rt.Skip("enough handles are open")
 			}
 			name := rapid.SampledFrom(poolPaths).Draw(rt, "name")
 			flag := rapid.SampledFrom(handleFlags).Draw(rt, "flag")
-			h := &handlePair{name: name}
+			h := &handlePair{name: name, changer: writeIntent(flag)}
 			var werr, gerr error
 			h.want, werr = ls.oracle.OpenFile(name, flag, 0o644)
 			h.got, gerr = ls.subject.OpenFile(name, flag, 0o644)
@@ -194,6 +213,16 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 			_, h := pick(rt)
 			h.listed = false
 			compare("Seek(0, 0)", h, seekStart(h.want), seekStart(h.got))
+		},
+		"commit": func(rt *rapid.T) {
+			o, ok := ls.subject.(*Overlay)
+			if !ok || o.readOnly() || o.layers[0].noOCI {
+				rt.Skip("only an OCI-format upper is committed here")
+			}
+			if slices.ContainsFunc(handles, func(h *handlePair) bool { return h.changer }) {
+				rt.Skip("a handle opened to change its file keeps it in the committed layer, which a later copy-up hides (see Commit)")
+			}
+			ls.commit(rt)
 		},
 		"close": func(rt *rapid.T) {
 			i, h := pick(rt)

@@ -690,7 +690,32 @@ func runRandomOver(rt *rapid.T, symlinks bool, lowers []layerSpec, pair pairFunc
 			}
 		}
 	}
+	if o, ok := ls.subject.(*Overlay); ok && !o.readOnly() && !o.layers[0].noOCI {
+		actions["Commit"] = ls.commit
+	}
 	rt.Repeat(actions)
+}
+
+// commit commits the overlay under test to a fresh upper of its upper's
+// kind, a directory on the host or a MemMapFs, and checks that the merged
+// view did not change; the oracle, which has no Commit, does nothing. The
+// operations after it must still agree with the oracle: the committed layer
+// is now a lower whose whiteouts and opaque directories hide what lies
+// below, and a read handle must follow its file's next copy-up.
+func (l *lockstep) commit(rt *rapid.T) {
+	o := l.subject.(*Overlay)
+	var fresh afero.Fs = afero.NewMemMapFs()
+	if _, onHost := o.layers[0].fs.(realPather); onHost {
+		fresh = afero.NewBasePathFs(afero.NewOsFs(), harnessTempDir(rt))
+	}
+	err := o.Commit(fresh)
+	l.lines = append(l.lines, fmt.Sprintf("#%d Commit: %s -, %s %v", len(l.lines)+1, l.oracleName, l.subjectLabel(), err))
+	if err != nil {
+		rt.Fatal(l.report(fmt.Sprintf("Commit: %v", err)))
+	}
+	if p := l.checkTree(); p != "" {
+		rt.Fatal(l.report("after Commit: " + p))
+	}
 }
 
 // climbsOut reports whether op renames a symlink whose target starts with
