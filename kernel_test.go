@@ -586,11 +586,11 @@ type pairFunc func(tb harnessTB, lowers ...layerSpec) *lockstep
 // under test built in the given layer mode.
 func kernelVsOverlay(mode subjectMode) pairFunc {
 	return func(tb harnessTB, lowers ...layerSpec) *lockstep {
-		k, err := kernelMount(tb, lowers...)
+		k, err := mountKernelStack(tb, false, lowers...)
 		if err != nil {
 			tb.Fatalf("mounting the kernel oracle: %v", err)
 		}
-		return &lockstep{oracle: k, subject: buildSubject(tb, mode, lowers...), oracleName: "kernel", lowers: lowers}
+		return &lockstep{oracle: k.fs, subject: buildSubject(tb, mode, lowers...), oracleName: "kernel", lowers: lowers, resetOracle: k.reset}
 	}
 }
 
@@ -692,8 +692,32 @@ func runRandomOver(rt *rapid.T, symlinks bool, lowers []layerSpec, pair pairFunc
 	}
 	if o, ok := ls.subject.(*Overlay); ok && !o.readOnly() && !o.layers[0].noOCI {
 		actions["Commit"] = ls.commit
+		if ls.resetOracle != nil {
+			actions["Reset"] = ls.reset
+		}
 	}
 	rt.Repeat(actions)
+}
+
+// reset resets the overlay under test and empties the oracle's upper, as
+// Reset's kernel analogue, and checks that the merged views agree. Changes
+// the overlay committed are in a lower, which Reset leaves alone, so after
+// a Commit there is nothing to compare with.
+func (l *lockstep) reset(rt *rapid.T) {
+	if l.committed {
+		rt.Skip("the oracle has no committed layer to keep")
+	}
+	if err := l.resetOracle(); err != nil {
+		rt.Fatalf("harness: resetting the %s: %v", l.oracleName, err)
+	}
+	err := l.subject.(*Overlay).Reset()
+	l.lines = append(l.lines, fmt.Sprintf("#%d Reset: %s emptied its upper, %s %v", len(l.lines)+1, l.oracleName, l.subjectLabel(), err))
+	if err != nil {
+		rt.Fatal(l.report(fmt.Sprintf("Reset: %v", err)))
+	}
+	if p := l.checkTree(); p != "" {
+		rt.Fatal(l.report("after Reset: " + p))
+	}
 }
 
 // commit commits the overlay under test to a fresh upper of its upper's
@@ -709,6 +733,7 @@ func (l *lockstep) commit(rt *rapid.T) {
 		fresh = afero.NewBasePathFs(afero.NewOsFs(), harnessTempDir(rt))
 	}
 	err := o.Commit(fresh)
+	l.committed = true
 	l.lines = append(l.lines, fmt.Sprintf("#%d Commit: %s -, %s %v", len(l.lines)+1, l.oracleName, l.subjectLabel(), err))
 	if err != nil {
 		rt.Fatal(l.report(fmt.Sprintf("Commit: %v", err)))

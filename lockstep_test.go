@@ -29,6 +29,23 @@ func kernelMount(tb harnessTB, lowers ...layerSpec) (afero.Fs, error) {
 // directory at all, which the kernel makes read-only.
 func kernelMountAs(tb harnessTB, readOnly bool, lowers ...layerSpec) (afero.Fs, error) {
 	tb.Helper()
+	m, err := mountKernelStack(tb, readOnly, lowers...)
+	if err != nil {
+		return nil, err
+	}
+	return m.fs, nil
+}
+
+// kernelStack is a kernel overlay mounted for a test.
+type kernelStack struct {
+	fs               afero.Fs // the mount point
+	upper, work, mnt string
+	opts             string // the mount options
+}
+
+// mountKernelStack is kernelMountAs, returning the mount's directories too.
+func mountKernelStack(tb harnessTB, readOnly bool, lowers ...layerSpec) (*kernelStack, error) {
+	tb.Helper()
 	base, err := os.MkdirTemp("", "ovlk-")
 	if err != nil {
 		return nil, err
@@ -48,26 +65,56 @@ func kernelMountAs(tb harnessTB, readOnly bool, lowers ...layerSpec) (afero.Fs, 
 		}
 		lowerDirs = append(lowerDirs, dir)
 	}
-	upper, work, mnt := filepath.Join(base, "u"), filepath.Join(base, "w"), filepath.Join(base, "m")
-	for _, d := range []string{upper, work, mnt} {
+	m := &kernelStack{upper: filepath.Join(base, "u"), work: filepath.Join(base, "w"), mnt: filepath.Join(base, "m")}
+	for _, d := range []string{m.upper, m.work, m.mnt} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return nil, err
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on",
-		strings.Join(lowerDirs, ":"), upper, work)
+	m.opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on",
+		strings.Join(lowerDirs, ":"), m.upper, m.work)
 	if readOnly {
-		opts = fmt.Sprintf("lowerdir=%s,redirect_dir=on", strings.Join(lowerDirs, ":"))
+		m.opts = fmt.Sprintf("lowerdir=%s,redirect_dir=on", strings.Join(lowerDirs, ":"))
 	}
-	if err := syscall.Mount("overlay", mnt, "overlay", 0, opts); err != nil {
-		return nil, fmt.Errorf("mount -t overlay overlay -o %s %s: %w", opts, mnt, err)
+	if err := m.mount(); err != nil {
+		return nil, err
 	}
 	tb.Cleanup(func() {
-		if err := syscall.Unmount(mnt, 0); err != nil {
-			_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+		if err := syscall.Unmount(m.mnt, 0); err != nil {
+			_ = syscall.Unmount(m.mnt, syscall.MNT_DETACH)
 		}
 	})
-	return newOSDirFs(mnt), nil
+	m.fs = newOSDirFs(m.mnt)
+	return m, nil
+}
+
+// mount mounts the stack.
+func (m *kernelStack) mount() error {
+	if err := syscall.Mount("overlay", m.mnt, "overlay", 0, m.opts); err != nil {
+		return fmt.Errorf("mount -t overlay overlay -o %s %s: %w", m.opts, m.mnt, err)
+	}
+	return nil
+}
+
+// reset empties the upper directory, as Overlay.Reset empties its upper:
+// it unmounts the stack, removes what the upper and work directories hold,
+// and mounts it again.
+func (m *kernelStack) reset() error {
+	if err := syscall.Unmount(m.mnt, 0); err != nil {
+		return fmt.Errorf("unmount %s: %w", m.mnt, err)
+	}
+	for _, dir := range []string{m.upper, m.work} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return m.mount()
 }
 
 // kernelUnavailable fails t because the kernel oracle could not be mounted,
@@ -150,6 +197,11 @@ type lockstep struct {
 	// same decides whether two results agree; nil means exactly equal.
 	same  func(want, got opResult) bool
 	lines []string
+	// resetOracle, if set, empties the oracle's upper, for a Reset of the
+	// subject; committed says the subject was committed since the start,
+	// which the oracle was not.
+	resetOracle func() error
+	committed   bool
 }
 
 // subjectLabel returns the subject's name for reports.
