@@ -15,7 +15,7 @@ import (
 // Commit made it a lower one); and the directories that handles have open,
 // so that they follow renames and see removals.
 type handleSet struct {
-	mu    sync.Mutex       // guards nodes and every node's path, next, gone and copy
+	mu    sync.Mutex       // guards nodes and every node's path, next, gone, inUpper and copy
 	nodes map[string]*node // by resolved name: the first of the handles on it
 
 	// epoch counts the copy-ups, renames and removals reported, so that a
