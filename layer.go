@@ -265,14 +265,15 @@ func (l layer) isHost() bool {
 	return ok
 }
 
-// errNoSymlink is returned where the upper cannot hold symlinks. It matches
-// both afero.ErrNoSymlink and EPERM, what Linux says on such file systems.
+// errNoSymlink is returned where the upper cannot hold symlinks. It wraps
+// EPERM, what Linux says on such file systems, and matches
+// afero.ErrNoSymlink.
 var errNoSymlink error = noSymlinkError{}
 
 type noSymlinkError struct{}
 
 func (noSymlinkError) Error() string { return "symlinks not supported by the upper layer" }
 
-func (noSymlinkError) Is(target error) bool {
-	return target == afero.ErrNoSymlink || target == syscall.EPERM
-}
+func (noSymlinkError) Unwrap() error { return syscall.EPERM }
+
+func (noSymlinkError) Is(target error) bool { return target == afero.ErrNoSymlink }

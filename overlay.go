@@ -594,13 +594,16 @@ func pathErr(op, name string, err error) error {
 }
 
 // errnoOf strips the path labels a layer put on err and maps afero's plain
-// sentinel errors to the errnos the kernel would return. It walks the chain
-// by hand: errors.As would move its targets to the heap on every call.
+// sentinel errors to the errnos the kernel would return; errNoSymlink is
+// kept whole. It walks the chain by hand: errors.As would move its targets
+// to the heap on every call.
 func errnoOf(err error) error {
 	for e := err; e != nil; {
 		switch t := e.(type) {
 		case syscall.Errno:
 			return t
+		case noSymlinkError:
+			return t // an EPERM that also matches afero.ErrNoSymlink
 		case *fs.PathError:
 			err, e = t.Err, t.Err
 			continue
