@@ -594,6 +594,17 @@ func kernelVsOverlay(mode subjectMode) pairFunc {
 	}
 }
 
+// TestKernelRandomTarLowers is TestKernelRandom over lowers that are OCI
+// layer tars opened with NewTarFs, symlinks included.
+func TestKernelRandomTarLowers(t *testing.T) {
+	kernelOracle(t)
+	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
+	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
+	rapid.Check(t, func(rt *rapid.T) {
+		runRandom(rt, true, kernelVsOverlay(tarLayers))
+	})
+}
+
 // TestKernelRandomThreeLowers is TestKernelRandom over three lowers, so that
 // whiteouts and opaque directories in a middle layer hide what the bottom
 // one holds.

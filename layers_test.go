@@ -1,6 +1,8 @@
 package overlay
 
 import (
+	"archive/tar"
+	"bytes"
 	"fmt"
 	"io/fs"
 	"os"
@@ -356,6 +358,67 @@ func ociDiskLower(tb harnessTB, spec layerSpec) afero.Fs {
 	dir := harnessTempDir(tb)
 	writeDiskLayer(tb, dir, spec, layoutOCI)
 	return afero.NewReadOnlyFs(afero.NewBasePathFs(afero.NewOsFs(), dir))
+}
+
+// ociTarLower builds spec in OCI format as a layer tar, parents first, as
+// ExportLayer writes one, and returns it opened with NewTarFs.
+func ociTarLower(tb harnessTB, spec layerSpec) afero.Fs {
+	tb.Helper()
+	dir := harnessTempDir(tb)
+	writeDiskLayer(tb, dir, spec, layoutOCI)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		return addTarEntry(tw, p, filepath.ToSlash(strings.TrimPrefix(p, dir+"/")))
+	})
+	if err == nil {
+		err = tw.Close()
+	}
+	if err != nil {
+		tb.Fatalf("writing the layer tar: %v", err)
+	}
+	t, err := NewTarFs(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		tb.Fatalf("NewTarFs: %v", err)
+	}
+	return t
+}
+
+// addTarEntry writes the host file p to tw as name, with its mode, owner,
+// times, and content or target.
+func addTarEntry(tw *tar.Writer, p, name string) error {
+	info, err := os.Lstat(p)
+	if err != nil {
+		return err
+	}
+	var target string
+	if info.Mode()&fs.ModeSymlink != 0 {
+		if target, err = os.Readlink(p); err != nil {
+			return err
+		}
+	}
+	hdr, err := tar.FileInfoHeader(info, target)
+	if err != nil {
+		return err
+	}
+	hdr.Name, hdr.Format = name, tar.FormatPAX
+	if info.IsDir() {
+		hdr.Name += "/"
+	}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	if !info.Mode().IsRegular() {
+		return nil
+	}
+	data, err := os.ReadFile(p)
+	if err == nil {
+		_, err = tw.Write(data)
+	}
+	return err
 }
 
 // ociMemLower builds spec in OCI format in memory and returns it as a

@@ -152,6 +152,9 @@ const (
 	// memLayers builds the overlay over MemMapFs layers, which hold no
 	// symlinks.
 	memLayers subjectMode = "mem"
+	// tarLayers builds the overlay over OCI layer tars opened with
+	// NewTarFs, which hold symlinks, and an upper directory on disk.
+	tarLayers subjectMode = "tar"
 )
 
 // buildSubject builds the overlay under test over lowers (topmost first)
@@ -172,6 +175,11 @@ func buildSubject(tb harnessTB, mode subjectMode, lowers ...layerSpec) afero.Fs 
 		upper = afero.NewMemMapFs()
 		for _, spec := range lowers {
 			ls = append(ls, ociMemLower(tb, spec))
+		}
+	case tarLayers:
+		upper = afero.NewBasePathFs(afero.NewOsFs(), harnessTempDir(tb))
+		for _, spec := range lowers {
+			ls = append(ls, ociTarLower(tb, spec))
 		}
 	default:
 		tb.Fatalf("unknown layer mode %q", mode)
