@@ -11,8 +11,10 @@ import (
 )
 
 // Convert rewrites the markers of layer, an upper or a layer that is a
-// directory on the host (an afero.Fs with RealPath), into the format to, in
-// place, as containerd does when it unpacks an image layer for the kernel.
+// directory on the host (an afero.Fs with RealPath whose root is that host
+// directory, such as afero.BasePathFs over afero.OsFs; over a MemMapFs it
+// is not), into the format to, in place, as containerd does when it unpacks
+// an image layer for the kernel.
 //
 // To FormatKernel, a whiteout ".wh.NAME" becomes a character device 0:0
 // NAME and an opaque marker ".wh..wh..opq" becomes the opaque xattr
@@ -39,15 +41,12 @@ func Convert(layer afero.Fs, to Format, opts ...Option) error {
 	for _, opt := range opts {
 		opt(&cfg)
 	}
-	rp, ok := layer.(realPather)
+	root, ok := hostRoot(layer)
 	if !ok || !kernelMarkersSupported {
 		return &fs.PathError{Op: "convert", Path: ".", Err: errors.ErrUnsupported}
 	}
-	root, err := rp.RealPath("/")
-	if err != nil {
-		return pathErr("convert", ".", err)
-	}
 	c := converter{root: root, ns: cfg.xattrNS()}
+	var err error
 	switch to {
 	case FormatKernel:
 		err = c.walk(".", c.toKernel)
@@ -109,7 +108,7 @@ func (c converter) toKernel(dir string, list []os.DirEntry) error {
 	for _, de := range list {
 		names[de.Name()] = true
 	}
-	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, xattrNS: c.ns}
+	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, host: true, xattrNS: c.ns}
 	for _, de := range list {
 		name := de.Name()
 		p := join(dir, name)
@@ -138,7 +137,7 @@ func (c converter) markerToDevice(marker, name string) error {
 	if err != nil {
 		return err
 	}
-	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true}
+	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, host: true}
 	if err := kl.mknodWhiteout(name); err != nil {
 		return err
 	}
@@ -167,7 +166,7 @@ func takeWhiteoutMeta(p string, info fs.FileInfo) error {
 // checkNoRedirect fails with ErrRedirect if a directory in dir is
 // redirected.
 func (c converter) checkNoRedirect(dir string, list []os.DirEntry) error {
-	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, xattrNS: c.ns}
+	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, host: true, xattrNS: c.ns}
 	for _, de := range list {
 		if !de.IsDir() {
 			continue
@@ -186,7 +185,7 @@ func (c converter) checkNoRedirect(dir string, list []os.DirEntry) error {
 
 // toOCI turns the kernel markers in dir into OCI ones.
 func (c converter) toOCI(dir string, list []os.DirEntry) error {
-	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, xattrNS: c.ns}
+	kl := layer{fs: afero.NewBasePathFs(afero.NewOsFs(), c.root), rooted: true, host: true, xattrNS: c.ns}
 	opaque, err := kl.opaqueXattr(dir)
 	if err == nil && opaque {
 		err = c.createOpaqueMarker(join(dir, opaqueMarker))

@@ -39,7 +39,7 @@ func (c config) upperLayer(fsys afero.Fs) (layer, error) {
 	case !kernelMarkersSupported:
 		return layer{}, errors.New("overlay: FormatKernel is supported on Linux only")
 	}
-	if _, ok := fsys.(realPather); !ok {
+	if !l.host {
 		return layer{}, errors.New("overlay: FormatKernel needs an upper layer that is a directory on the host " +
 			"(an afero.Fs with RealPath, such as afero.BasePathFs over afero.OsFs)")
 	}
@@ -51,7 +51,7 @@ func (c config) upperLayer(fsys afero.Fs) (layer, error) {
 // in both formats, so a stack may mix OCI and kernel layers.
 func (c config) lowerLayer(fsys afero.Fs) layer {
 	l := newLayer(fsys)
-	if _, ok := fsys.(realPather); ok && kernelMarkersSupported {
+	if l.host && kernelMarkersSupported {
 		l.kernel, l.xattrNS = true, c.xattrNS()
 	}
 	return l

@@ -740,7 +740,7 @@ func (l *lockstep) reset(rt *rapid.T) {
 func (l *lockstep) commit(rt *rapid.T) {
 	o := l.subject.(*Overlay)
 	var fresh afero.Fs = afero.NewMemMapFs()
-	if _, onHost := o.layers[0].fs.(realPather); onHost {
+	if o.layers[0].host {
 		fresh = afero.NewBasePathFs(afero.NewOsFs(), harnessTempDir(rt))
 	}
 	err := o.Commit(fresh)

@@ -758,3 +758,55 @@ func TestConvertKeepsWhiteoutOwner(t *testing.T) {
 		t.Errorf("whiteout marker after the round trip: %s, want %s", got, want)
 	}
 }
+
+// TestMemUnderBasePathIsNoHostDirectory checks that a BasePathFs over a
+// MemMapFs, which has RealPath like a host directory, is not taken for
+// one, even where the host holds a directory at the path RealPath gives:
+// the overlay must read none of that directory's markers, and write none.
+func TestMemUnderBasePathIsNoHostDirectory(t *testing.T) {
+	kernelOracle(t)
+	host := t.TempDir()
+	for _, err := range []error{
+		os.Mkdir(filepath.Join(host, "sub"), 0o755),
+		unix.Setxattr(filepath.Join(host, "sub"), kernelOpaqueXattr, []byte("y"), 0),
+		os.WriteFile(filepath.Join(host, whiteoutPrefix+"x"), nil, 0o644),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	memAtHostPath := func() afero.Fs {
+		mem := afero.NewMemMapFs()
+		if err := mem.MkdirAll(filepath.Join(host, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return afero.NewBasePathFs(mem, host)
+	}
+	t.Run("lower", func(t *testing.T) {
+		bottom := afero.NewMemMapFs()
+		if err := afero.WriteFile(bottom, "/sub/f", []byte("f"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		o, err := New(afero.NewMemMapFs(), []afero.Fs{memAtHostPath(), bottom})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := o.Stat("sub/f"); err != nil {
+			t.Errorf("Stat(sub/f) = %v: the host directory's opaque xattr hid it", err)
+		}
+	})
+	t.Run("kernel-format upper", func(t *testing.T) {
+		if _, err := New(memAtHostPath(), nil, WithFormat(FormatKernel)); err == nil {
+			t.Error("New accepted a MemMapFs under a base path as a kernel-format upper")
+		}
+	})
+	t.Run("Convert", func(t *testing.T) {
+		err := Convert(memAtHostPath(), FormatKernel)
+		if !errors.Is(err, errors.ErrUnsupported) {
+			t.Errorf("Convert = %v, want ErrUnsupported", err)
+		}
+		if _, err := os.Lstat(filepath.Join(host, whiteoutPrefix+"x")); err != nil {
+			t.Errorf("Convert changed the host directory: %v", err)
+		}
+	})
+}

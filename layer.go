@@ -23,6 +23,9 @@ type layer struct {
 	// opaque xattrs) are honoured: a kernel-format upper, or a lower that
 	// is a directory on the host. Such a layer implements realPather.
 	kernel bool
+	// host is set where the layer is a directory on the host (see
+	// hostRoot).
+	host bool
 	// xattrNS is the namespace of the overlay xattrs a kernel-format layer
 	// holds: "trusted.overlay." or "user.overlay.".
 	xattrNS string
@@ -46,7 +49,30 @@ func newLayer(fsys afero.Fs) layer {
 			return layer{fs: fsys}
 		}
 	}
-	return layer{fs: fsys, rooted: true}
+	_, host := hostRoot(fsys)
+	return layer{fs: fsys, rooted: true, host: host}
+}
+
+// hostRoot returns the host directory that fsys is, and whether it is one:
+// fsys has RealPath (afero.BasePathFs, and wrappers that keep the method),
+// and its root is the very directory that RealPath names on the host. A
+// BasePathFs over a MemMapFs has RealPath too, but its names are no host
+// files, and the host may hold another file at the path RealPath gives.
+func hostRoot(fsys afero.Fs) (string, bool) {
+	rp, ok := fsys.(realPather)
+	if !ok {
+		return "", false
+	}
+	p, err := rp.RealPath("/")
+	if err != nil {
+		return "", false
+	}
+	fi, err := fsys.Stat("/")
+	if err != nil {
+		return "", false
+	}
+	hfi, err := os.Stat(p)
+	return p, err == nil && os.SameFile(fi, hfi)
 }
 
 // path turns an overlay name ("." or "a/b") into the name this layer expects.
@@ -221,10 +247,10 @@ type realPather interface {
 // afero lacks: a verbatim symlink (BasePathFs rewrites targets), and times
 // and owners of a symlink. An error is the layer's failing to describe name.
 func (l layer) hostPath(name string) (p string, ok bool, err error) {
-	rp, isHost := l.fs.(realPather)
-	if !isHost {
+	if !l.host {
 		return "", false, nil
 	}
+	rp := l.fs.(realPather)
 	p, err = rp.RealPath(l.path(name))
 	if err != nil {
 		return "", false, nil
@@ -260,10 +286,7 @@ func (l layer) symlink(target, name string) error {
 
 // isHost reports whether the layer is a directory on the host, whose
 // SymlinkIfPossible (afero.BasePathFs) rewrites targets.
-func (l layer) isHost() bool {
-	_, ok := l.fs.(realPather)
-	return ok
-}
+func (l layer) isHost() bool { return l.host }
 
 // errNoSymlink is returned where the upper cannot hold symlinks. It wraps
 // EPERM, what Linux says on such file systems, and matches

@@ -258,6 +258,14 @@ func handleTestUppers(t *testing.T) map[string]func() afero.Fs {
 	return map[string]func() afero.Fs{
 		"mem":  afero.NewMemMapFs,
 		"host": func() afero.Fs { return afero.NewBasePathFs(afero.NewOsFs(), t.TempDir()) },
+		// A directory of a shared MemMapFs: its handles wrap MemMapFs's.
+		"mem subdirectory": func() afero.Fs {
+			mem := afero.NewMemMapFs()
+			if err := mem.MkdirAll("/sandbox", 0o755); err != nil {
+				t.Fatal(err)
+			}
+			return afero.NewBasePathFs(mem, "/sandbox")
+		},
 	}
 }
 
