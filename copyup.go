@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/afero"
-	"github.com/spf13/afero/mem"
 )
 
 // copyUp makes sure the upper holds its own copy of the non-directory e,
@@ -212,7 +211,7 @@ func copyFrom(dst afero.File, l layer, name string) error {
 // streams in: a MemMapFs file keeps its bytes in one slice, which Truncate
 // sizes once, and keeps when truncated back to nothing.
 func reserve(dst afero.File, size int64) {
-	if f, ok := dst.(*mem.File); ok && size > 0 {
+	if f, ok := memFile(dst); ok && size > 0 {
 		if f.Truncate(size) == nil {
 			_ = f.Truncate(0) // best effort: a failure leaves the file empty anyway
 		}
@@ -222,15 +221,18 @@ func reserve(dst afero.File, size int64) {
 // osFile returns the *os.File behind f, which afero's OsFs returns as is
 // and BasePathFs (also under ReadOnlyFs) wraps.
 func osFile(f afero.File) (*os.File, bool) {
+	t, ok := innerFile(f).(*os.File)
+	return t, ok
+}
+
+// innerFile returns the handle behind BasePathFs's wrappers of it.
+func innerFile(f afero.File) afero.File {
 	for {
-		switch t := f.(type) {
-		case *os.File:
-			return t, true
-		case *afero.BasePathFile:
-			f = t.File
-		default:
-			return nil, false
+		b, ok := f.(*afero.BasePathFile)
+		if !ok {
+			return f
 		}
+		f = b.File
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/spf13/afero"
 	"github.com/spf13/afero/mem"
@@ -27,16 +26,6 @@ type file struct {
 	gen    uint64     // the node generation that f reflects
 	dir    *dirHandle // for a directory
 	closed bool
-
-	// keepTimes is set on a handle open for writing in the layer (which
-	// O_TRUNC alone makes it) whose layer may set the file's mtime on
-	// Close, which Linux's close never does (MemMapFs does, and its
-	// handles are not closed at all); Close then restores the mtime the
-	// file had just before. up and upperPath name the file:
-	// the layer it was opened in stays right after a Commit.
-	keepTimes bool
-	up        *layer
-	upperPath string
 }
 
 var _ afero.File = (*file)(nil)
@@ -340,17 +329,8 @@ func (f *file) Close() error {
 	if writeIntent(f.flag) { // the layer's handle is writable
 		defer f.o.beginChange().endChange() // the layer may set the mtime
 	}
-	var mtime time.Time
-	if f.keepTimes {
-		if fi, err := f.f.Stat(); err == nil {
-			mtime = fi.ModTime() // read now: MemMapFs's FileInfo is live
-		}
-	}
 	if err := f.f.Close(); err != nil {
 		return f.errf("close", err)
-	}
-	if !mtime.IsZero() {
-		_ = f.up.fs.Chtimes(f.up.path(f.upperPath), mtime, mtime) // best effort: only the layer's own bump is undone
 	}
 	return nil
 }
@@ -358,10 +338,18 @@ func (f *file) Close() error {
 // mtimeOnlyClose reports whether closing the layer's handle lf would do
 // nothing but mark it closed and, if it is writable, set the file's mtime
 // to now, which Linux's close never does: so it is for a MemMapFs handle,
-// which is then left to the garbage collector rather than closed.
+// bare or wrapped by BasePathFs, which is then left to the garbage
+// collector rather than closed.
 func mtimeOnlyClose(lf afero.File) bool {
-	_, ok := lf.(*mem.File)
+	_, ok := memFile(lf)
 	return ok
+}
+
+// memFile returns the MemMapFs handle behind f, which MemMapFs returns as
+// is and BasePathFs over a MemMapFs wraps.
+func memFile(f afero.File) (*mem.File, bool) {
+	t, ok := innerFile(f).(*mem.File)
+	return t, ok
 }
 
 // Readdir returns the merged directory's entries in name order: n > 0

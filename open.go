@@ -91,18 +91,17 @@ func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero
 	if err != nil {
 		return nil, err
 	}
-	return o.writeHandle(name, flag, lf, e.path), nil
+	return o.writeHandle(name, flag, lf), nil
 }
 
-// writeHandle wraps the upper handle lf of the file p, opened for writing.
-// An O_APPEND handle starts at offset 0, as on Linux, where a layer's may
-// start at the end (MemMapFs's does): its writes go to the end anyway (see
-// appendWrite).
-func (o *Overlay) writeHandle(name string, flag int, lf afero.File, p string) *file {
+// writeHandle wraps the upper handle lf, opened for writing. An O_APPEND
+// handle starts at offset 0, as on Linux, where a layer's may start at the
+// end (MemMapFs's does): its writes go to the end anyway (see appendWrite).
+func (o *Overlay) writeHandle(name string, flag int, lf afero.File) *file {
 	if _, ok := osFile(lf); !ok && flag&os.O_APPEND != 0 {
 		_, _ = lf.Seek(0, io.SeekStart) // best effort: only Seek and reads see the offset
 	}
-	return &file{o: o, name: name, flag: flag, f: lf, up: o.upper(), upperPath: p, keepTimes: !o.autoDirTimes && writeIntent(flag)}
+	return &file{o: o, name: name, flag: flag, f: lf}
 }
 
 // openReader opens e for reading. In an overlay with an upper, the handle
@@ -208,7 +207,7 @@ func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (a
 		_ = up.remove(at) // best effort: a leftover empty file is a valid state
 		return nil, err
 	}
-	return o.writeHandle(name, flag, lf, p), nil
+	return o.writeHandle(name, flag, lf), nil
 }
 
 // ensureUpperParent makes sure the upper holds the directory that the walk
@@ -269,8 +268,7 @@ func (o *Overlay) touchDir(dir string) error {
 // readOnly reports whether the overlay has no upper layer.
 func (o *Overlay) readOnly() bool { return o.layers[0].fs == nil }
 
-// upper returns the upper layer, for a handle to keep: it stays the layer
-// the handle's file is in after a Commit stacks a fresh upper on top.
+// upper returns the upper layer.
 func (o *Overlay) upper() *layer { return &o.layers[0] }
 
 // writeIntent reports whether flag asks to change the file, which copies a

@@ -831,3 +831,41 @@ func TestChtimesZeroKeepsTime(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseChangesNoTimes checks that closing a handle opened for writing
+// leaves every mtime alone, as Linux's close does: its own file's, which
+// the last write set, even after a rename, and that of another file that
+// took the handle's old name.
+func TestCloseChangesNoTimes(t *testing.T) {
+	old := time.Date(2010, 5, 5, 0, 0, 0, 0, time.UTC)
+	for kind, upper := range handleTestUppers(t) {
+		o, err := New(upper(), []afero.Fs{afero.NewMemMapFs()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := o.OpenFile("a", os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps := []error{
+			func() error { _, err := w.Write([]byte("x")); return err }(),
+			o.Chtimes("a", old, old),
+			o.Rename("a", "b"),
+			afero.WriteFile(o, "a", []byte("new"), 0o644),
+			o.Chtimes("a", old.Add(time.Hour), old.Add(time.Hour)),
+			w.Close(),
+		}
+		if err := errors.Join(steps...); err != nil {
+			t.Fatalf("%s upper: %v", kind, err)
+		}
+		for name, want := range map[string]time.Time{"a": old.Add(time.Hour), "b": old} {
+			fi, err := o.Stat(name)
+			switch {
+			case err != nil:
+				t.Errorf("%s upper: Stat(%s) after the Close: %v", kind, name, err)
+			case !fi.ModTime().Equal(want):
+				t.Errorf("%s upper: mtime of %s after the Close = %v, want %v", kind, name, fi.ModTime(), want)
+			}
+		}
+	}
+}
