@@ -277,6 +277,9 @@ func (l layer) symlink(target, name string) error {
 		err = os.Symlink(target, dir+"/"+baseOf(name))
 	case isLinker && !l.isHost():
 		err = lk.SymlinkIfPossible(target, l.path(name))
+		if errors.Is(err, afero.ErrNoSymlink) { // a wrapper of a layer that cannot
+			return errNoSymlink
+		}
 	default:
 		return errNoSymlink
 	}

@@ -557,11 +557,19 @@ func TestSymlinkVerbatimOnDisk(t *testing.T) {
 	if err := o.SymlinkIfPossible("x", "link"); !errors.Is(err, syscall.EEXIST) {
 		t.Errorf("Symlink onto existing = %v, want EEXIST", err)
 	}
-	mem, _ := newOverlay(t, renameLower())
-	err = mem.SymlinkIfPossible("x", "l")
-	var errno syscall.Errno
-	if !errors.Is(err, afero.ErrNoSymlink) || !errors.As(err, &errno) || errno != syscall.EPERM {
-		t.Errorf("Symlink on MemMapFs upper = %v, want afero.ErrNoSymlink wrapping EPERM", err)
+	for kind, upper := range handleTestUppers(t) {
+		if kind == "host" {
+			continue
+		}
+		o, err := New(upper(), []afero.Fs{renameLower()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = o.SymlinkIfPossible("x", "l")
+		var errno syscall.Errno
+		if !errors.Is(err, afero.ErrNoSymlink) || !errors.As(err, &errno) || errno != syscall.EPERM {
+			t.Errorf("Symlink on a %s upper = %v, want afero.ErrNoSymlink wrapping EPERM", kind, err)
+		}
 	}
 }
 
