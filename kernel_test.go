@@ -594,15 +594,20 @@ func kernelVsOverlay(mode subjectMode) pairFunc {
 	}
 }
 
-// TestKernelRandomTarLowers is TestKernelRandom over lowers that are OCI
-// layer tars opened with NewTarFs, symlinks included.
-func TestKernelRandomTarLowers(t *testing.T) {
+// TestKernelRandomOtherLayers is TestKernelRandom over other kinds of
+// layers: lowers that are OCI layer tars opened with NewTarFs, symlinks
+// included; and an upper that is a directory of a MemMapFs.
+func TestKernelRandomOtherLayers(t *testing.T) {
 	kernelOracle(t)
 	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
 	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
-	rapid.Check(t, func(rt *rapid.T) {
-		runRandom(rt, true, kernelVsOverlay(tarLayers))
-	})
+	for _, mode := range []subjectMode{tarLayers, memSubdirLayers} {
+		t.Run(string(mode), func(t *testing.T) {
+			rapid.Check(t, func(rt *rapid.T) {
+				runRandom(rt, mode == tarLayers, kernelVsOverlay(mode))
+			})
+		})
+	}
 }
 
 // TestKernelRandomThreeLowers is TestKernelRandom over three lowers, so that

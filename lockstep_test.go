@@ -155,6 +155,10 @@ const (
 	// tarLayers builds the overlay over OCI layer tars opened with
 	// NewTarFs, which hold symlinks, and an upper directory on disk.
 	tarLayers subjectMode = "tar"
+	// memSubdirLayers builds the overlay over MemMapFs lowers and an upper
+	// that is a directory of a MemMapFs (BasePathFs), whose handles wrap
+	// MemMapFs's and which has RealPath without being on the host.
+	memSubdirLayers subjectMode = "mem-subdirectory"
 )
 
 // buildSubject builds the overlay under test over lowers (topmost first)
@@ -173,6 +177,15 @@ func buildSubject(tb harnessTB, mode subjectMode, lowers ...layerSpec) afero.Fs 
 		}
 	case memLayers:
 		upper = afero.NewMemMapFs()
+		for _, spec := range lowers {
+			ls = append(ls, ociMemLower(tb, spec))
+		}
+	case memSubdirLayers:
+		mem := afero.NewMemMapFs()
+		if err := mem.MkdirAll("/sandbox", 0o755); err != nil {
+			tb.Fatalf("%v", err)
+		}
+		upper = afero.NewBasePathFs(mem, "/sandbox")
 		for _, spec := range lowers {
 			ls = append(ls, ociMemLower(tb, spec))
 		}
