@@ -477,10 +477,15 @@ func TestKernelRandom(t *testing.T) {
 // tests' defaults, once over disk layers (which hold symlinks) and once
 // over MemMapFs layers.
 func checkPerMode(t *testing.T, check func(rt *rapid.T, mode subjectMode)) {
+	checkModes(t, []subjectMode{diskLayers, memLayers}, check)
+}
+
+// checkModes is checkPerMode over the given modes.
+func checkModes(t *testing.T, modes []subjectMode, check func(rt *rapid.T, mode subjectMode)) {
 	kernelOracle(t)
 	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
 	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
-	for _, mode := range []subjectMode{diskLayers, memLayers} {
+	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
 			rapid.Check(t, func(rt *rapid.T) { check(rt, mode) })
 		})
@@ -598,16 +603,9 @@ func kernelVsOverlay(mode subjectMode) pairFunc {
 // layers: lowers that are OCI layer tars opened with NewTarFs, symlinks
 // included; and an upper that is a directory of a MemMapFs.
 func TestKernelRandomOtherLayers(t *testing.T) {
-	kernelOracle(t)
-	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
-	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
-	for _, mode := range []subjectMode{tarLayers, memSubdirLayers} {
-		t.Run(string(mode), func(t *testing.T) {
-			rapid.Check(t, func(rt *rapid.T) {
-				runRandom(rt, mode == tarLayers, kernelVsOverlay(mode))
-			})
-		})
-	}
+	checkModes(t, []subjectMode{tarLayers, memSubdirLayers}, func(rt *rapid.T, mode subjectMode) {
+		runRandom(rt, mode == tarLayers, kernelVsOverlay(mode))
+	})
 }
 
 // TestKernelRandomThreeLowers is TestKernelRandom over three lowers, so that
@@ -625,16 +623,9 @@ func TestKernelRandomThreeLowers(t *testing.T) {
 // Overlay without an upper: every result, errno included, and the tree
 // must agree.
 func TestKernelReadOnlyRandom(t *testing.T) {
-	kernelOracle(t)
-	rapidDefault(t, "rapid.checks", "RAPID_CHECKS", randomChecks)
-	rapidDefault(t, "rapid.shrinktime", "RAPID_SHRINKTIME", randomShrinkTime)
-	for _, mode := range []subjectMode{memLayers, diskLayers} {
-		t.Run(string(mode), func(t *testing.T) {
-			rapid.Check(t, func(rt *rapid.T) {
-				runRandom(rt, mode == diskLayers, readOnlyKernelVsOverlay(mode))
-			})
-		})
-	}
+	checkModes(t, []subjectMode{memLayers, diskLayers}, func(rt *rapid.T, mode subjectMode) {
+		runRandom(rt, mode == diskLayers, readOnlyKernelVsOverlay(mode))
+	})
 }
 
 // readOnlyKernelVsOverlay returns a pairFunc comparing a read-only kernel
