@@ -63,11 +63,15 @@ func (d *dirHandle) rewind() {
 	d.list, d.loaded = nil, false
 }
 
-// stat returns the topmost copy of the directory as it is now, or as it was
-// when opened if it has gone since.
+// stat returns the topmost copy of the directory as it is now, or, if it
+// has gone since, as it was when it went, as an open directory's inode
+// keeps its attributes.
 func (d *dirHandle) stat(o *Overlay) fs.FileInfo {
 	dir, ok := o.handles.name(&d.node)
 	if !ok {
+		if last := o.handles.lastInfo(&d.node); last != nil {
+			return namedInfo{last, d.info.Name()}
+		}
 		return d.info
 	}
 	o.mu.RLock()
@@ -77,6 +81,19 @@ func (d *dirHandle) stat(o *Overlay) fs.FileInfo {
 		return d.info
 	}
 	return namedInfo{r.info, d.info.Name()}
+}
+
+// keepDirHandles records, for the directory handles on name and under it,
+// what their directories are before a removal takes them away. The caller
+// holds o.mu for writing.
+func (o *Overlay) keepDirHandles(name string) {
+	o.handles.dirsUnder(name, func(p string) fs.FileInfo {
+		r, err := o.walk(p, false)
+		if err != nil || !r.found {
+			return nil
+		}
+		return r.info
+	})
 }
 
 // listDir lists the merged directory that the resolved name dir is now; a

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -15,8 +16,12 @@ import (
 // Commit made it a lower one); and the directories that handles have open,
 // so that they follow renames and see removals.
 type handleSet struct {
-	mu    sync.Mutex       // guards nodes and every node's path, next, gone, inUpper and copy
+	mu    sync.Mutex       // guards nodes and every node's path, next, gone, inUpper and copy, and last
 	nodes map[string]*node // by resolved name: the first of the handles on it
+
+	// last holds what a directory handle's directory was when it was
+	// removed, which Stat on the handle goes on reporting.
+	last map[*node]fs.FileInfo
 
 	// epoch counts the copy-ups, renames and removals reported, so that a
 	// handle about to be tracked can tell whether its file changed since
@@ -31,6 +36,7 @@ type node struct {
 	path string
 	next *node // the next handle on the same name
 	gone bool  // whether the name was removed or replaced
+	dir  bool  // whether the handle is a directory's
 
 	// inUpper says that the file the handle reads is in the upper layer,
 	// its own or the copy it was given, so that a Reset discards it.
@@ -68,6 +74,7 @@ func (s *handleSet) acquire(name string, n *node, since uint64) bool {
 func (s *handleSet) release(n *node) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	delete(s.last, n)
 	if n.copy != nil {
 		_ = n.copy.Close() // best effort: the copy was only opened
 		n.copy = nil
@@ -194,6 +201,38 @@ func (s *handleSet) renamed(oldName, newName string) {
 		}
 		s.nodes[p] = first
 	}
+}
+
+// dirsUnder records, for every directory handle on name or under it, what
+// info says its directory is, before a removal takes the directory away
+// (see lastInfo).
+func (s *handleSet) dirsUnder(name string, info func(path string) fs.FileInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p, first := range s.nodes {
+		if !under(p, name) {
+			continue
+		}
+		for n := first; n != nil; n = n.next {
+			if !n.dir {
+				continue
+			}
+			if fi := info(p); fi != nil {
+				if s.last == nil {
+					s.last = make(map[*node]fs.FileInfo)
+				}
+				s.last[n] = fi
+			}
+		}
+	}
+}
+
+// lastInfo returns what the directory of the handle of n was when it was
+// removed, if it was.
+func (s *handleSet) lastInfo(n *node) fs.FileInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last[n]
 }
 
 // removed forgets name and everything under it: handles keep reading what

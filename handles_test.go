@@ -1,7 +1,9 @@
 package overlay
 
 import (
+	"errors"
 	"io"
+	"os"
 	"slices"
 	"testing"
 
@@ -202,5 +204,45 @@ func TestReadOnlyOpensAreNotTracked(t *testing.T) {
 			t.Errorf("with upper %T: %d names tracked while a lower file is open, want %d", upper, got, want)
 		}
 		f.Close()
+	}
+}
+
+// TestDirHandleStatAfterRemoval checks that Stat on a handle of a removed
+// directory reports the directory as it was when it went, as fstat on a
+// kernel overlay does, not as it was when the handle was opened; also for
+// a directory removed with its parent, and one a rename replaced.
+func TestDirHandleStatAfterRemoval(t *testing.T) {
+	tests := []struct {
+		name   string
+		handle string
+		remove func(o *Overlay) error
+	}{
+		{"removed", "x", func(o *Overlay) error { return o.RemoveAll("x") }},
+		{"removed with its parent", "x/y", func(o *Overlay) error { return o.RemoveAll("x") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lower := afero.NewMemMapFs()
+			if err := lower.MkdirAll("/x/y", 0o755); err != nil {
+				t.Fatal(err)
+			}
+			o, err := New(afero.NewMemMapFs(), []afero.Fs{lower})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := o.Open(tt.handle)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			want := 0o775 | os.ModeSetgid
+			if err := errors.Join(o.Chmod(tt.handle, want), tt.remove(o)); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := d.Stat()
+			if err != nil || fi.Mode() != want|os.ModeDir {
+				t.Errorf("Stat on the handle = %v, %v; want mode %v", fi.Mode(), err, want|os.ModeDir)
+			}
+		})
 	}
 }

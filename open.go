@@ -145,6 +145,7 @@ func (o *Overlay) openDir(name string, e entry, flag int, since uint64) (afero.F
 		return nil, err
 	}
 	d := &dirHandle{info: namedInfo{info, baseOf(cleanOrRoot(name))}}
+	d.node.dir = true
 	if !o.handles.acquire(e.path, &d.node, since) {
 		return nil, errStale
 	}

@@ -100,6 +100,7 @@ func (o *Overlay) emptyRoot(root entry) error {
 // view. A name that a lower layer would show gets a whiteout first, so no
 // step shows the lower copy. The caller holds o.mu for writing.
 func (o *Overlay) removeEntry(r resolved) error {
+	o.keepDirHandles(r.path)
 	lower, err := o.inLowers(r.parent, r.base)
 	if err != nil {
 		return err
