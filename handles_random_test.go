@@ -106,42 +106,37 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 		i := rapid.IntRange(0, len(handles)-1).Draw(rt, "handle")
 		return i, handles[i]
 	}
+	// applyDrawnOp applies a random operation on both sides, at the name
+	// at if it is not "".
+	applyDrawnOp := func(rt *rapid.T, at string) {
+		k := fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind"))
+		if k == fopSymlink && !symlinks {
+			rt.Skip("no symlinks in these layers")
+		}
+		op := drawOp(rt, k)
+		if at != "" {
+			op.Path = at
+		}
+		if k == fopSymlink && strings.HasPrefix(op.Data, "..") && !strings.Contains(op.Path, "/") {
+			rt.Skip("a top-level link must not climb out of the tree")
+		}
+		if climbsOut(ls.oracle, op) {
+			rt.Skip("the op would move a climbing symlink to the top level")
+		}
+		if _, _, p := ls.apply(op); p != "" {
+			rt.Fatal(ls.report(p))
+		}
+	}
 	actions := map[string]func(*rapid.T){
 		"": func(rt *rapid.T) {
 			if p := ls.checkTree(); p != "" {
 				rt.Fatal(ls.report(p))
 			}
 		},
-		"op": func(rt *rapid.T) {
-			k := fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind"))
-			if k == fopSymlink && !symlinks {
-				rt.Skip("no symlinks in these layers")
-			}
-			op := drawOp(rt, k)
-			if climbsOut(ls.oracle, op) {
-				rt.Skip("the op would move a climbing symlink to the top level")
-			}
-			if _, _, p := ls.apply(op); p != "" {
-				rt.Fatal(ls.report(p))
-			}
-		},
+		"op": func(rt *rapid.T) { applyDrawnOp(rt, "") },
 		"op on a handle's name": func(rt *rapid.T) {
 			_, h := pick(rt)
-			k := fsOpKind(rapid.IntRange(0, int(fopCount)-1).Draw(rt, "kind"))
-			if k == fopSymlink && !symlinks {
-				rt.Skip("no symlinks in these layers")
-			}
-			op := drawOp(rt, k)
-			op.Path = h.name
-			if k == fopSymlink && strings.HasPrefix(op.Data, "..") && !strings.Contains(op.Path, "/") {
-				rt.Skip("a top-level link must not climb out of the tree")
-			}
-			if climbsOut(ls.oracle, op) {
-				rt.Skip("the op would move a climbing symlink to the top level")
-			}
-			if _, _, p := ls.apply(op); p != "" {
-				rt.Fatal(ls.report(p))
-			}
+			applyDrawnOp(rt, h.name)
 		},
 		"open": func(rt *rapid.T) {
 			if len(handles) == maxRandomHandles {
