@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"cmp"
 	"io/fs"
 	"slices"
 	"strings"
@@ -12,23 +13,142 @@ import (
 // whiteout hides its name in the listings below its own; reserved names
 // (markers and the work directory) are never shown.
 //
-// It merges the sorted listings one below the other with mergeSorted,
-// carrying down the names that the whiteouts seen so far hide: each step
-// is linear in the listings' lengths, where sorting the merged names
-// afresh and deciding each one in a map was not.
+// It is a k-way merge: each listing is sorted once, then a heap of cursors,
+// one per listing, yields every entry in name order, the topmost copy of a
+// name first. That is one pass over the entries at about log(k) name
+// comparisons each; merging the listings one below the other instead
+// carried the growing merged listing through every step.
 func mergeDir(listings [][]fs.FileInfo) []fs.FileInfo {
-	var merged, hidden []fs.FileInfo
+	switch len(listings) {
+	case 0:
+		return nil
+	case 1:
+		return visibleSorted(listings[0])
+	}
+	h, total := cursorsOver(listings)
+	return h.merge(whiteoutsIn(listings), total)
+}
+
+// cursorsOver returns a heap of cursors at the start of each listing's
+// visible names, sorted, and how many entries they hold in all.
+func cursorsOver(listings [][]fs.FileInfo) (cursors, int) {
+	h, total := make(cursors, 0, len(listings)), 0
 	for k, list := range listings {
-		if k == 0 {
-			merged = visibleSorted(list)
-		} else {
-			merged = mergeSorted(merged, visibleSorted(list), hidden)
-		}
-		if k < len(listings)-1 {
-			hidden = mergeSorted(hidden, hiddenBy(list), nil)
+		if vis := visibleSorted(list); len(vis) > 0 {
+			h = append(h, cursor{vis, vis[0].Name(), k})
+			total += len(vis)
 		}
 	}
+	h.init()
+	return h, total
+}
+
+// merge takes every entry off the heap h in name order, which holds total
+// of them, keeping each name's topmost copy unless a whiteout in hidden
+// hides it there.
+func (h cursors) merge(hidden []whiteout, total int) []fs.FileInfo {
+	merged := make([]fs.FileInfo, 0, total)
+	for len(h) > 0 {
+		top := h[0]
+		for len(h) > 0 && h[0].name == top.name {
+			h = h.advance() // the same name lower down: shadowed
+		}
+		for len(hidden) > 0 && hidden[0].name < top.name {
+			hidden = hidden[1:]
+		}
+		if len(hidden) > 0 && hidden[0].name == top.name && hidden[0].level < top.level {
+			continue // whited out above its topmost copy
+		}
+		merged = append(merged, top.list[0])
+	}
+	if cap(merged)-len(merged) > len(merged)/4 {
+		merged = slices.Clip(slices.Clone(merged)) // the listing is kept: drop what shadowing left unused
+	}
 	return merged
+}
+
+// whiteout is a name that a whiteout in the listing at level hides from the
+// listings below it.
+type whiteout struct {
+	name  string
+	level int
+}
+
+// whiteoutsIn returns the names that the whiteouts in listings hide, sorted
+// by name and, for a name whited out more than once, topmost first.
+func whiteoutsIn(listings [][]fs.FileInfo) []whiteout {
+	var hidden []whiteout
+	for k, list := range listings[:len(listings)-1] { // the bottom one hides nothing
+		for _, fi := range list {
+			if h, ok := hiddenName(fi.Name()); ok {
+				hidden = append(hidden, whiteout{h, k})
+			}
+		}
+	}
+	slices.SortFunc(hidden, func(a, b whiteout) int {
+		return cmp.Or(strings.Compare(a.name, b.name), cmp.Compare(a.level, b.level))
+	})
+	return hidden
+}
+
+// cursor is where mergeDir is in one listing.
+type cursor struct {
+	list  []fs.FileInfo // what is left of the listing, sorted by name
+	name  string        // list[0]'s name, read once
+	level int           // the listing's place, top-down
+}
+
+// cursors is a min-heap of cursors ordered by name, then by level, so that
+// of the copies of a name the topmost surfaces first.
+type cursors []cursor
+
+// init orders h as a heap.
+func (h cursors) init() {
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
+}
+
+// advance moves the topmost cursor past its entry, dropping it when its
+// listing is done, and returns the heap.
+func (h cursors) advance() cursors {
+	c := &h[0]
+	c.list = c.list[1:]
+	if len(c.list) == 0 {
+		h[0] = h[len(h)-1]
+		h = h[:len(h)-1]
+	} else {
+		c.name = c.list[0].Name()
+	}
+	if len(h) > 0 {
+		h.down(0)
+	}
+	return h
+}
+
+// down sifts the cursor at i down to its place.
+func (h cursors) down(i int) {
+	for {
+		least := i
+		for _, j := range [2]int{2*i + 1, 2*i + 2} {
+			if j < len(h) && h.less(j, least) {
+				least = j
+			}
+		}
+		if least == i {
+			return
+		}
+		h[i], h[least] = h[least], h[i]
+		i = least
+	}
+}
+
+// less orders cursors by name, then by level.
+func (h cursors) less(i, j int) bool {
+	if c := strings.Compare(h[i].name, h[j].name); c != 0 {
+		return c < 0
+	}
+	return h[i].level < h[j].level
 }
 
 // visibleSorted is mergeDir of a single listing, which holds each name

@@ -281,7 +281,7 @@ func TestMergeDirMatchesPlainMerge(t *testing.T) {
 	names := rapid.SampledFrom([]string{"a", "b", "c", "d", "e", "ab", ".wh.a", ".wh.b", ".wh.c", ".wh.ab", ".wh.", opaqueMarker, internalPrefix + "work"})
 	rapid.Check(t, func(t *rapid.T) {
 		var listings [][]fs.FileInfo
-		for k := range rapid.IntRange(1, 5).Draw(t, "layers") {
+		for k := range rapid.IntRange(1, 12).Draw(t, "layers") {
 			var list []fs.FileInfo
 			for _, n := range rapid.SliceOfDistinct(names, rapid.ID[string]).Draw(t, "names") {
 				list = append(list, layerInfo{info{n, rapid.Bool().Draw(t, "dir")}, k})
