@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"io/fs"
+	"os"
 	"slices"
 	"syscall"
 
@@ -19,11 +20,12 @@ import (
 // between. Handles opened before Commit keep working after it. A read-only
 // handle reads what it would have read without the Commit: a change made
 // after it copies the file up from the committed layer, and the handle
-// follows the copy, as one on any lower file does. A handle opened to
-// change its file (for writing, or with O_TRUNC) keeps that file, which is
-// now in the committed layer: once the file is copied up, what the handle
-// writes is no longer seen, and it does not see later changes. Close such
-// handles before committing, for a layer that no longer changes.
+// follows the copy, as one on any lower file does. A file that a handle has
+// open to change (for writing, or with O_TRUNC) is copied up into newUpper
+// by the Commit itself, and the handle goes on at the same offset in that
+// copy: what it writes afterwards shows in the merged view and not in the
+// committed layer, which never changes again. Handle writes in progress
+// finish first.
 // If there is an error, it will be of type [*fs.PathError]: EROFS for a
 // read-only overlay, EINVAL for a nil newUpper, ENOTEMPTY for one that
 // holds anything.
@@ -47,29 +49,91 @@ func (o *Overlay) commit(newUpper afero.Fs) error {
 	if err != nil {
 		return err
 	}
-	o.ops.Lock() // waits for the calls in progress
+	o.ops.Lock() // waits for the calls and handle writes in progress
 	defer o.ops.Unlock()
+	moves, err := o.commitLocked(fresh, info)
+	for _, m := range moves {
+		m.f.moveTo(m.copy) // outside o.mu: a handle's lock comes first
+	}
+	return err
+}
+
+// commitLocked swaps the layers for commit and copies up the files that
+// handles have open to change, returning those handles' moves. The caller
+// holds o.ops for writing.
+func (o *Overlay) commitLocked(fresh layer, info fs.FileInfo) ([]writerMove, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.readOnly() {
-		return syscall.EROFS
+		return nil, syscall.EROFS
 	}
 	if err := checkEmpty(fresh); err != nil {
-		return err
+		return nil, err
 	}
 	if err := setWorkDir(fresh, !o.work.tidy); err != nil {
-		return err
+		return nil, err
 	}
 	fresh.exactPerms = probeExactPerms(fresh, o.tmpName())
 	old := o.layers[0]
 	if err := setWorkDir(old, false); err != nil {
 		_ = setWorkDir(fresh, false) // best effort: the fresh upper is left as it came
-		return err
+		return nil, err
 	}
 	o.swapUpper(fresh, isHostInfo(info))
 	o.handles.committed()
 	o.work.exists = false // the fresh upper has none until a call needs it
-	return nil
+	return o.copyUpWriters(), nil
+}
+
+// writerMove is a handle open to change its file, and the copy of that file
+// in the new upper that it goes on with.
+type writerMove struct {
+	f    *file
+	copy afero.File
+}
+
+// copyUpWriters copies up every file that a handle has open to change, now
+// in the committed layer, and opens the copy for each such handle, so that
+// what the handles write after a Commit goes where the merged view shows
+// it. A file that cannot be copied up, or a copy that cannot be opened,
+// leaves its handle with the committed file. The caller holds o.mu for
+// writing.
+func (o *Overlay) copyUpWriters() []writerMove {
+	var moves []writerMove
+	for _, w := range o.handles.liveWriters() {
+		c, err := o.copyUpForWriter(w.name, w.f.flag)
+		if err != nil {
+			continue
+		}
+		o.handles.movedUp(&w.f.own)
+		moves = append(moves, writerMove{w.f, c})
+	}
+	return moves
+}
+
+// copyUpForWriter copies the committed file name up, unless another handle
+// on it had it copied already, and opens the copy as a handle opened with
+// flag opens its upper file. Read-only handles on the file follow the
+// copy, as after any copy-up. The caller holds o.mu for writing.
+func (o *Overlay) copyUpForWriter(name string, flag int) (afero.File, error) {
+	r, err := o.walk(name, false)
+	switch {
+	case err != nil:
+		return nil, err
+	case !r.found || r.isDir():
+		return nil, syscall.ENOENT
+	case !r.inUpper():
+		tmp, err := o.copyToWork(r.entry, true)
+		if err != nil {
+			return nil, err
+		}
+		if err := o.placeCopy(tmp, name); err != nil {
+			o.discard(tmp)
+			return nil, err
+		}
+		o.handles.copiedUp(name, o.upper())
+	}
+	return o.layers[0].open(name, upperFlag(flag)&^os.O_TRUNC, 0)
 }
 
 // swapUpper puts fresh on top of the stack, the old upper becoming the

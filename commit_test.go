@@ -3,11 +3,13 @@ package overlay
 import (
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"slices"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spf13/afero"
 )
@@ -349,4 +351,143 @@ func TestCommitConcurrent(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// TestWriterMovesAcrossCommit checks that a handle open to change its file
+// goes on in the new upper after a Commit, at its offset: what it writes
+// afterwards shows in the merged view, and to a reader of the file, and the
+// committed layer keeps the file as it was at the Commit, times included.
+func TestWriterMovesAcrossCommit(t *testing.T) {
+	const orig = "0123456789"
+	tests := []struct {
+		name      string
+		lower     bool   // f starts in the lower, else in the upper
+		open      string // the name opened
+		flag      int
+		between   func(o *Overlay) error // after the first write, before Commit
+		at        string                 // where the file shows afterwards; "" for nowhere
+		committed string                 // what the committed layer holds at at (or at open)
+		want      string                 // what the merged view shows at at in the end
+	}{
+		{"upper file", false, "f", os.O_WRONLY, nil, "f", "abc3456789", "abcdef6789"},
+		{"lower file", true, "f", os.O_WRONLY, nil, "f", "abc3456789", "abcdef6789"},
+		{"read-write", true, "f", os.O_RDWR, nil, "f", "abc3456789", "abcdef6789"},
+		{"append", true, "f", os.O_WRONLY | os.O_APPEND, nil, "f", orig + "abc", orig + "abcdef"},
+		{"truncated", true, "f", os.O_WRONLY | os.O_TRUNC, nil, "f", "abc", "abcdef"},
+		{"created", false, "n", os.O_WRONLY | os.O_CREATE | os.O_EXCL, nil, "n", "abc", "abcdef"},
+		{"renamed", true, "f", os.O_WRONLY, func(o *Overlay) error { return o.Rename("f", "g") }, "g", "abc3456789", "abcdef6789"},
+		{"removed", true, "f", os.O_WRONLY, func(o *Overlay) error { return o.Remove("f") }, "", "", ""},
+	}
+	for _, tt := range tests {
+		for kind, upper := range handleTestUppers(t) {
+			t.Run(tt.name+"/"+kind, func(t *testing.T) {
+				lower := timedLayer(map[string]string{"f": orig}, nil)
+				first := upper()
+				o, err := New(first, []afero.Fs{lower})
+				ltMust(t, err)
+				if !tt.lower {
+					ltMust(t, afero.WriteFile(o, "f", []byte(orig), 0o644))
+				}
+				w, err := o.OpenFile(tt.open, tt.flag, 0o644)
+				ltMust(t, err)
+				_, err = w.Write([]byte("abc"))
+				ltMust(t, err)
+				if tt.between != nil {
+					ltMust(t, tt.between(o))
+				}
+				var r afero.File
+				if tt.at != "" {
+					r, err = o.Open(tt.at)
+					ltMust(t, err)
+					defer r.Close()
+				}
+				second := upper()
+				ltMust(t, o.Commit(second))
+				committed := newLayer(first)
+				var mtime time.Time
+				if tt.at != "" {
+					fi, err := committed.lstat(tt.at)
+					ltMust(t, err)
+					mtime = fi.ModTime()
+				}
+				_, err = w.Write([]byte("def"))
+				ltMust(t, err)
+				ltMust(t, w.Close())
+
+				checkFileIs(t, "merged view", o, tt.at, tt.want)
+				checkFileIs(t, "committed layer", first, tt.at, tt.committed)
+				if tt.at != "" {
+					if fi, err := committed.lstat(tt.at); err != nil || !fi.ModTime().Equal(mtime) {
+						t.Errorf("the committed file's mtime changed: %v, want %v (err %v)", fi.ModTime(), mtime, err)
+					}
+					got, err := io.ReadAll(r)
+					if err != nil || string(got) != tt.want {
+						t.Errorf("a reader opened before the Commit reads %q, %v, want %q", got, err, tt.want)
+					}
+				} else if _, err := o.Stat(tt.open); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("Stat(%q) after removal = %v, want ENOENT", tt.open, err)
+				}
+			})
+		}
+	}
+}
+
+// checkFileIs checks that fsys holds name with content want, or, with name
+// empty, nothing to check.
+func checkFileIs(t *testing.T, what string, fsys afero.Fs, name, want string) {
+	t.Helper()
+	if name == "" {
+		return
+	}
+	got, err := afero.ReadFile(fsys, "/"+name) // a MemMapFs layer's form of the name
+	if err != nil || string(got) != want {
+		t.Errorf("%s: %s holds %q, %v, want %q", what, name, got, err, want)
+	}
+}
+
+// TestCommitBetweenWrites checks that a Commit racing a handle's writes
+// moves the handle between two of them: every byte written lands once, in
+// the merged view, and each committed layer holds a prefix of what was
+// written by its Commit.
+func TestCommitBetweenWrites(t *testing.T) {
+	const writes, commits = 2000, 5
+	uppers := []afero.Fs{afero.NewMemMapFs()}
+	o, err := New(uppers[0], []afero.Fs{afero.NewMemMapFs()})
+	ltMust(t, err)
+	w, err := o.Create("f")
+	ltMust(t, err)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range writes {
+			if _, err := w.Write([]byte{byte('a' + i%26)}); err != nil {
+				t.Errorf("write %d: %v", i, err)
+				return
+			}
+		}
+	}()
+	for range commits {
+		fresh := afero.NewMemMapFs()
+		ltMust(t, o.Commit(fresh))
+		uppers = append(uppers, fresh)
+	}
+	wg.Wait()
+	ltMust(t, w.Close())
+	want := make([]byte, writes)
+	for i := range want {
+		want[i] = byte('a' + i%26)
+	}
+	got, err := afero.ReadFile(o, "f")
+	if err != nil || string(got) != string(want) {
+		t.Fatalf("merged view: f holds %d bytes, %v; want the %d written", len(got), err, writes)
+	}
+	last := 0
+	for i, up := range uppers[:commits] {
+		got, err := afero.ReadFile(up, "/f")
+		if err != nil || len(got) < last || string(got) != string(want[:len(got)]) {
+			t.Errorf("committed layer %d: f holds %q, %v; want a prefix of what was written, at least %d bytes", i, got, err, last)
+		}
+		last = len(got)
+	}
 }

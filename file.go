@@ -21,7 +21,7 @@ type file struct {
 
 	mu     sync.Mutex // guards the fields below
 	f      afero.File // the layer's handle; nil for a directory
-	node   *node      // for a read-only handle on a lower file: follows copy-up
+	node   *node      // for a tracked handle (see handleSet): how it follows its file
 	own    node       // what node points to, if set
 	gen    uint64     // the node generation that f reflects
 	dir    *dirHandle // for a directory
@@ -168,6 +168,7 @@ func (f *file) seekDataOrHole(offset int64, whence int) (int64, error) {
 // Write writes to the file; a handle not opened for writing gets EBADF.
 // With O_APPEND every write goes to the end of the file, as on Linux.
 func (f *file) Write(p []byte) (int, error) {
+	defer f.o.holdStack().releaseStack()
 	defer f.o.beginChange().endChange()
 	if f.flag&os.O_APPEND != 0 {
 		return f.appendWrite(p)
@@ -211,6 +212,7 @@ func (f *file) WriteAt(p []byte, off int64) (int, error) {
 	if err := f.writeAtCheck(off); err != nil || len(p) == 0 {
 		return 0, err
 	}
+	defer f.o.holdStack().releaseStack()
 	defer f.o.beginChange().endChange()
 	lf, err := f.writer("write")
 	if err != nil {
@@ -262,6 +264,7 @@ func (f *file) WriteString(s string) (int, error) {
 // Truncate changes the file's size; a handle not opened for writing, and a
 // negative size, get EINVAL, as ftruncate does.
 func (f *file) Truncate(size int64) error {
+	defer f.o.holdStack().releaseStack()
 	defer f.o.beginChange().endChange()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -333,6 +336,36 @@ func (f *file) Close() error {
 		return f.errf("close", err)
 	}
 	return nil
+}
+
+// moveTo switches the handle, open to change its file, to c, the file's
+// copy in the new upper after a Commit, at the same offset. The handle of
+// the committed file is let go. If the offset cannot be carried over, or
+// the handle was closed meanwhile, c is let go instead.
+func (f *file) moveTo(c afero.File) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	keep := !f.closed
+	if keep {
+		off, err := f.f.Seek(0, io.SeekCurrent)
+		if err == nil {
+			_, err = c.Seek(off, io.SeekStart)
+		}
+		keep = err == nil
+	}
+	if keep {
+		f.f, c = c, f.f
+	}
+	dropLayerHandle(c)
+}
+
+// dropLayerHandle closes lf, a layer's handle that no overlay handle uses,
+// without changing the file: a MemMapFs handle, whose Close would set the
+// mtime if it is writable, is left to the garbage collector.
+func dropLayerHandle(lf afero.File) {
+	if !mtimeOnlyClose(lf) {
+		_ = lf.Close() // best effort: nothing was written through it since
+	}
 }
 
 // mtimeOnlyClose reports whether closing the layer's handle lf would do

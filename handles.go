@@ -13,8 +13,10 @@ import (
 // handleSet tracks the files that read-only handles have open, so that a
 // copy-up can give each of them the upper copy, which it reads from then
 // on, as on Linux since 4.19 (a file in the upper is copied up only after a
-// Commit made it a lower one); and the directories that handles have open,
-// so that they follow renames and see removals.
+// Commit made it a lower one); the files that handles have open to change,
+// so that a Commit can move each to its copy in the new upper; and the
+// directories that handles have open, so that they follow renames and see
+// removals.
 type handleSet struct {
 	mu    sync.Mutex       // guards nodes and every node's path, next, gone, inUpper and copy, and last
 	nodes map[string]*node // by resolved name: the first of the handles on it
@@ -38,6 +40,10 @@ type node struct {
 	gone bool  // whether the name was removed or replaced
 	dir  bool  // whether the handle is a directory's
 
+	// writer is the handle, if it is open to change its file, which a
+	// Commit moves to the file's copy in the new upper.
+	writer *file
+
 	// inUpper says that the file the handle reads is in the upper layer,
 	// its own or the copy it was given, so that a Reset discards it.
 	inUpper bool
@@ -57,6 +63,25 @@ type node struct {
 func (s *handleSet) acquire(name string, n *node, since uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.add(name, n, since)
+}
+
+// acquireWriter is acquire for the handle f, open to change its upper file
+// name.
+func (s *handleSet) acquireWriter(name string, f *file, since uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := &f.own
+	n.writer, n.inUpper = f, true
+	if !s.add(name, n, since) {
+		return false
+	}
+	f.node = n // f is not returned yet: no lock needed
+	return true
+}
+
+// add is acquire's worker. The caller holds s.mu.
+func (s *handleSet) add(name string, n *node, since uint64) bool {
 	if s.epoch.Load() != since {
 		return false
 	}
@@ -124,6 +149,9 @@ func (s *handleSet) copiedUp(name string, up *layer) {
 	defer s.mu.Unlock()
 	s.epoch.Add(1)
 	for n := s.nodes[name]; n != nil; n = n.next {
+		if n.writer != nil {
+			continue // moved by the Commit that copies it up (see Overlay.copyUpWriters)
+		}
 		c, err := up.open(name, os.O_RDONLY, 0)
 		if err != nil {
 			continue
@@ -147,6 +175,35 @@ func (s *handleSet) committed() {
 			n.inUpper = false
 		}
 	}
+}
+
+// openWriter is a handle open to change its file, and the file's name.
+type openWriter struct {
+	name string
+	f    *file
+}
+
+// liveWriters returns the handles open to change files that are still at
+// their names.
+func (s *handleSet) liveWriters() []openWriter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var live []openWriter
+	for p, first := range s.nodes {
+		for n := first; n != nil; n = n.next {
+			if n.writer != nil {
+				live = append(live, openWriter{p, n.writer})
+			}
+		}
+	}
+	return live
+}
+
+// movedUp records that the handle of n now has its file's upper copy open.
+func (s *handleSet) movedUp(n *node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n.inUpper = true
 }
 
 // discarded records that a Reset emptied the upper layer: the handles

@@ -83,7 +83,15 @@ func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero
 	case o.readOnly():
 		return nil, syscall.EROFS
 	}
-	e, err := o.toUpper(e, flag&os.O_TRUNC == 0)
+	return o.openWriter(name, e, flag, since)
+}
+
+// openWriter opens e to change it (for writing, or to truncate it),
+// copying it up first. The handle is tracked, so that a Commit can move it
+// to the file's copy in the new upper; like openReader, it fails with
+// errStale if e changed since it was looked up.
+func (o *Overlay) openWriter(name string, e entry, flag int, since uint64) (afero.File, error) {
+	e, since, err := o.toUpper(e, flag&os.O_TRUNC == 0, since)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +99,12 @@ func (o *Overlay) openEntry(name string, e entry, flag int, since uint64) (afero
 	if err != nil {
 		return nil, err
 	}
-	return o.writeHandle(name, flag, lf), nil
+	f := o.writeHandle(name, flag, lf)
+	if !o.handles.acquireWriter(e.path, f, since) {
+		dropLayerHandle(lf) // the handle was never returned
+		return nil, errStale
+	}
+	return f, nil
 }
 
 // writeHandle wraps the upper handle lf, opened for writing. An O_APPEND
@@ -158,21 +171,24 @@ var beforeTracking func(path string)
 
 // toUpper returns the upper copy of the non-directory e, copying it up
 // first if a lower layer holds it. With data false the content is not
-// copied, since the caller truncates it.
-func (o *Overlay) toUpper(e entry, data bool) (entry, error) {
+// copied, since the caller truncates it. since is the handle set's epoch
+// from before e was looked up; toUpper returns the one from before the
+// entry it returns was.
+func (o *Overlay) toUpper(e entry, data bool, since uint64) (entry, uint64, error) {
 	for range maxRetries {
 		if e.inUpper() {
-			return e, nil
+			return e, since, nil
 		}
 		if err := o.copyUp(e, data); err != nil {
-			return entry{}, err
+			return entry{}, 0, err
 		}
+		since = o.handles.epoch.Load()
 		var err error
 		if e, err = o.lookup(e.path, false); err != nil {
-			return entry{}, err
+			return entry{}, 0, err
 		}
 	}
-	return entry{}, syscall.EAGAIN
+	return entry{}, 0, syscall.EAGAIN
 }
 
 // create creates the file that the walk r did not find, for OpenFile with
@@ -208,7 +224,9 @@ func (o *Overlay) create(name string, r resolved, flag int, perm os.FileMode) (a
 		_ = up.remove(at) // best effort: a leftover empty file is a valid state
 		return nil, err
 	}
-	return o.writeHandle(name, flag, lf), nil
+	f := o.writeHandle(name, flag, lf)
+	o.handles.acquireWriter(p, f, o.handles.epoch.Load()) // under o.mu, nothing moves p
+	return f, nil
 }
 
 // ensureUpperParent makes sure the upper holds the directory that the walk

@@ -109,10 +109,11 @@ type Overlay struct {
 	// by itself when an entry is added or removed, as real file systems do.
 	autoDirTimes bool
 
-	// ops is held for reading by every call, and every handle call, that
-	// uses the layer list outside mu, for the whole call; Commit and Reset
-	// hold it for writing while they change the list. It is always taken
-	// before mu. (Stat and Lstat use the layers under mu only.)
+	// ops is held for reading by every call that uses the layer list
+	// outside mu, for the whole call, and by every write through a handle;
+	// Commit and Reset hold it for writing while they change the list. It
+	// is always taken before mu and before a handle's lock. (Stat and Lstat
+	// use the layers under mu only.)
 	ops sync.RWMutex
 
 	// mu guards the upper layer's namespace: lookups hold it for reading,
@@ -529,6 +530,17 @@ func (o *Overlay) done() {
 	o.callEnded()
 	o.ops.RUnlock()
 }
+
+// holdStack holds Commit and Reset off while a handle changes its file, so
+// that a Commit moves a handle open for writing between its writes, never
+// during one. Callers write defer o.holdStack().releaseStack().
+func (o *Overlay) holdStack() *Overlay {
+	o.ops.RLock()
+	return o
+}
+
+// releaseStack ends what holdStack began.
+func (o *Overlay) releaseStack() { o.ops.RUnlock() }
 
 // cleanName turns a caller's name into the overlay's form: cleaned and
 // unrooted, "." for the root. It rejects names the kernel rejects (a NUL
