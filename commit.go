@@ -211,8 +211,8 @@ func (o *Overlay) Refresh() error {
 // merged view is the lower layers' again. The upper is emptied but for its
 // work directory, which stays ready; its root's mtime is updated. Handles
 // open on upper files keep reading and writing the discarded files, as
-// handles on deleted files do. Reset waits for the calls in progress and
-// holds new ones off while it empties the upper.
+// handles on deleted files do. Reset waits for the calls and handle writes
+// in progress and holds new ones off while it empties the upper.
 // If there is an error, it will be of type [*fs.PathError]: EROFS for a
 // read-only overlay.
 func (o *Overlay) Reset() error {
