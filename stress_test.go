@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/fstest"
@@ -451,4 +453,114 @@ func stressListUntil(o *Overlay, writers *sync.WaitGroup, universe map[string]bo
 			}
 		}
 	}
+}
+
+// TestStressCommitWithWriters commits again and again while goroutines
+// append to files they hold open, and others churn the shared names. Every
+// line written must land once, in order, in the merged view; each committed
+// layer must hold what it held when its Commit returned, and a prefix of
+// each log.
+func TestStressCommitWithWriters(t *testing.T) {
+	for _, u := range stressUppers {
+		t.Run(u.name, func(t *testing.T) { stressCommits(t, func() afero.Fs { return u.new(t) }) })
+	}
+}
+
+// stressCommits is TestStressCommitWithWriters over uppers made by newUpper.
+func stressCommits(t *testing.T, newUpper func() afero.Fs) {
+	const writers, churners, lines, commits = 6, 2, 200, 8
+	o, err := New(newUpper(), stressLowers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		errs      stressErrs
+		committed []afero.Fs
+		snapshots []map[string]string
+		want      = make([]string, writers)
+		finished  atomic.Bool // whether the commits are done
+	)
+	stressRun(t, writers+churners+1, func(g int) {
+		r := rand.New(rand.NewPCG(uint64(g), 11))
+		switch {
+		case g < writers:
+			want[g] = stressAppendLog(o, g, lines, &finished, &errs)
+		case g < writers+churners:
+			for range lines {
+				stressShared1(o, r, &errs)
+			}
+		default:
+			defer finished.Store(true)
+			for range commits {
+				old := o.layers[0].fs
+				if err := o.Commit(newUpper()); err != nil {
+					errs.add("Commit: %v", err)
+					return
+				}
+				committed, snapshots = append(committed, old), append(snapshots, layerFiles(old, &errs))
+				time.Sleep(time.Duration(r.IntN(500)) * time.Microsecond)
+			}
+		}
+	})
+	errs.report(t)
+	for g, w := range want {
+		name := stressLogName(g)
+		if got, err := afero.ReadFile(o, name); err != nil || string(got) != w {
+			t.Errorf("%s holds %d bytes, %v; want the %d written", name, len(got), err, len(w))
+		}
+		for i, snap := range snapshots {
+			if got := snap["/"+name]; !strings.HasPrefix(w, got) {
+				t.Errorf("committed layer %d: %s holds %q, not a prefix of what was written", i, name, got)
+			}
+		}
+	}
+	for i, l := range committed {
+		if got := layerFiles(l, &errs); !maps.Equal(got, snapshots[i]) {
+			t.Errorf("committed layer %d changed after its Commit", i)
+		}
+	}
+	errs.report(t)
+}
+
+// stressLogName is the file goroutine g of the commit test appends to.
+func stressLogName(g int) string { return fmt.Sprintf("own/g%02d/log", g) }
+
+// stressAppendLog appends lines to goroutine g's log through one handle,
+// at least n and until finished, and returns what it wrote.
+func stressAppendLog(o *Overlay, g, n int, finished *atomic.Bool, errs *stressErrs) string {
+	f, err := o.OpenFile(stressLogName(g), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		errs.add("open log %d: %v", g, err)
+		return ""
+	}
+	var all strings.Builder
+	for i := 0; i < n || !finished.Load(); i++ {
+		line := fmt.Sprintf("g%d line %d\n", g, i)
+		if _, err := f.Write([]byte(line)); err != nil {
+			errs.add("log %d line %d: %v", g, i, err)
+			break
+		}
+		all.WriteString(line)
+	}
+	if err := f.Close(); err != nil {
+		errs.add("close log %d: %v", g, err)
+	}
+	return all.String()
+}
+
+// layerFiles returns every regular file of the layer fsys and its content.
+func layerFiles(fsys afero.Fs, errs *stressErrs) map[string]string {
+	files := make(map[string]string)
+	err := afero.Walk(fsys, "/", func(p string, info fs.FileInfo, err error) error {
+		if err != nil || !info.Mode().IsRegular() {
+			return err
+		}
+		data, err := afero.ReadFile(fsys, p)
+		files[p] = string(data)
+		return err
+	})
+	if err != nil {
+		errs.add("reading a committed layer: %v", err)
+	}
+	return files
 }
