@@ -177,22 +177,22 @@ func (s *handleSet) committed() {
 	}
 }
 
-// openWriter is a handle open to change its file, and the file's name.
-type openWriter struct {
+// liveWriter is a handle open to change its file, and the file's name.
+type liveWriter struct {
 	name string
 	f    *file
 }
 
 // liveWriters returns the handles open to change files that are still at
 // their names.
-func (s *handleSet) liveWriters() []openWriter {
+func (s *handleSet) liveWriters() []liveWriter {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var live []openWriter
+	var live []liveWriter
 	for p, first := range s.nodes {
 		for n := first; n != nil; n = n.next {
 			if n.writer != nil {
-				live = append(live, openWriter{p, n.writer})
+				live = append(live, liveWriter{p, n.writer})
 			}
 		}
 	}
