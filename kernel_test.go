@@ -595,7 +595,8 @@ func kernelVsOverlay(mode subjectMode) pairFunc {
 		if err != nil {
 			tb.Fatalf("mounting the kernel oracle: %v", err)
 		}
-		return &lockstep{oracle: k.fs, subject: buildSubject(tb, mode, lowers...), oracleName: "kernel", lowers: lowers, resetOracle: k.reset}
+		return &lockstep{oracle: k.fs, subject: buildSubject(tb, mode, lowers...), oracleName: "kernel", lowers: lowers,
+			resetOracle: k.reset, commitOracle: k.commit}
 	}
 }
 
@@ -709,7 +710,7 @@ func runRandomOver(rt *rapid.T, symlinks bool, lowers []layerSpec, pair pairFunc
 // reset resets the overlay under test and empties the oracle's upper, as
 // Reset's kernel analogue, and checks that the merged views agree. Changes
 // the overlay committed are in a lower, which Reset leaves alone, so after
-// a Commit there is nothing to compare with.
+// a Commit that the oracle did not make there is nothing to compare with.
 func (l *lockstep) reset(rt *rapid.T) {
 	if l.committed {
 		rt.Skip("the oracle has no committed layer to keep")
@@ -729,19 +730,29 @@ func (l *lockstep) reset(rt *rapid.T) {
 
 // commit commits the overlay under test to a fresh upper of its upper's
 // kind, a directory on the host or a MemMapFs, and checks that the merged
-// view did not change; the oracle, which has no Commit, does nothing. The
+// view did not change. A kernel oracle with no open handles is mounted
+// again with its upper as the topmost lower, Commit's kernel analogue; one
+// with open handles, which keep the mount busy, does nothing. The
 // operations after it must still agree with the oracle: the committed layer
-// is now a lower whose whiteouts and opaque directories hide what lies
-// below, and a read handle must follow its file's next copy-up.
+// is now a lower whose whiteouts, opaque directories and redirects act on
+// what lies below, and a handle must follow its file.
 func (l *lockstep) commit(rt *rapid.T) {
 	o := l.subject.(*Overlay)
 	var fresh afero.Fs = afero.NewMemMapFs()
 	if o.layers[0].host {
 		fresh = afero.NewBasePathFs(afero.NewOsFs(), harnessTempDir(rt))
 	}
+	did := "-"
+	if l.commitOracle != nil {
+		if err := l.commitOracle(); err != nil {
+			rt.Fatalf("harness: committing the %s: %v", l.oracleName, err)
+		}
+		did = "remounted with its upper as a lower"
+	} else {
+		l.committed = true
+	}
 	err := o.Commit(fresh)
-	l.committed = true
-	l.lines = append(l.lines, fmt.Sprintf("#%d Commit: %s -, %s %v", len(l.lines)+1, l.oracleName, l.subjectLabel(), err))
+	l.lines = append(l.lines, fmt.Sprintf("#%d Commit: %s %s, %s %v", len(l.lines)+1, l.oracleName, did, l.subjectLabel(), err))
 	if err != nil {
 		rt.Fatal(l.report(fmt.Sprintf("Commit: %v", err)))
 	}

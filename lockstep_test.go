@@ -39,8 +39,11 @@ func kernelMountAs(tb harnessTB, readOnly bool, lowers ...layerSpec) (afero.Fs, 
 // kernelStack is a kernel overlay mounted for a test.
 type kernelStack struct {
 	fs               afero.Fs // the mount point
+	base             string   // the directory holding the others
+	lowers           []string // the lower directories, topmost first
 	upper, work, mnt string
 	opts             string // the mount options
+	readOnly         bool   // whether the stack has no upper
 }
 
 // mountKernelStack is kernelMountAs, returning the mount's directories too.
@@ -65,16 +68,12 @@ func mountKernelStack(tb harnessTB, readOnly bool, lowers ...layerSpec) (*kernel
 		}
 		lowerDirs = append(lowerDirs, dir)
 	}
-	m := &kernelStack{upper: filepath.Join(base, "u"), work: filepath.Join(base, "w"), mnt: filepath.Join(base, "m")}
+	m := &kernelStack{base: base, lowers: lowerDirs, readOnly: readOnly,
+		upper: filepath.Join(base, "u"), work: filepath.Join(base, "w"), mnt: filepath.Join(base, "m")}
 	for _, d := range []string{m.upper, m.work, m.mnt} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return nil, err
 		}
-	}
-	m.opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on",
-		strings.Join(lowerDirs, ":"), m.upper, m.work)
-	if readOnly {
-		m.opts = fmt.Sprintf("lowerdir=%s,redirect_dir=on", strings.Join(lowerDirs, ":"))
 	}
 	if err := m.mount(); err != nil {
 		return nil, err
@@ -90,6 +89,11 @@ func mountKernelStack(tb harnessTB, readOnly bool, lowers ...layerSpec) (*kernel
 
 // mount mounts the stack.
 func (m *kernelStack) mount() error {
+	m.opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on",
+		strings.Join(m.lowers, ":"), m.upper, m.work)
+	if m.readOnly {
+		m.opts = fmt.Sprintf("lowerdir=%s,redirect_dir=on", strings.Join(m.lowers, ":"))
+	}
 	if err := syscall.Mount("overlay", m.mnt, "overlay", 0, m.opts); err != nil {
 		return fmt.Errorf("mount -t overlay overlay -o %s %s: %w", m.opts, m.mnt, err)
 	}
@@ -114,6 +118,29 @@ func (m *kernelStack) reset() error {
 			}
 		}
 	}
+	return m.mount()
+}
+
+// commit makes the upper directory the topmost lower, as Overlay.Commit
+// makes its upper: it unmounts the stack and mounts it again with the old
+// upper first among the lowers, over a fresh upper and work directory.
+func (m *kernelStack) commit() error {
+	if err := syscall.Unmount(m.mnt, 0); err != nil {
+		return fmt.Errorf("unmount %s: %w", m.mnt, err)
+	}
+	committed := filepath.Join(m.base, fmt.Sprintf("c%d", len(m.lowers)))
+	if err := os.Rename(m.upper, committed); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(m.work); err != nil {
+		return err
+	}
+	for _, d := range []string{m.upper, m.work} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	m.lowers = append([]string{committed}, m.lowers...)
 	return m.mount()
 }
 
@@ -219,10 +246,11 @@ type lockstep struct {
 	same  func(want, got opResult) bool
 	lines []string
 	// resetOracle, if set, empties the oracle's upper, for a Reset of the
-	// subject; committed says the subject was committed since the start,
-	// which the oracle was not.
-	resetOracle func() error
-	committed   bool
+	// subject; commitOracle, if set, makes the oracle's upper a lower, for
+	// a Commit of the subject; committed says the subject was committed
+	// since the start and the oracle was not.
+	resetOracle, commitOracle func() error
+	committed                 bool
 }
 
 // subjectLabel returns the subject's name for reports.
