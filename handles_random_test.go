@@ -82,7 +82,7 @@ func kernelVsKernelFormat(tb harnessTB, lowers ...layerSpec) *lockstep {
 // runRandomHandles is one random handle check.
 func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 	ls := pair(rt, drawLowers(rt, 2, symlinks)...)
-	ls.commitOracle = nil // open handles keep the kernel's mount busy
+	commitOracle := ls.commitOracle
 	var handles []*handlePair
 	defer func() {
 		for _, h := range handles {
@@ -213,6 +213,10 @@ func runRandomHandles(rt *rapid.T, symlinks bool, pair pairFunc) {
 			o, ok := ls.subject.(*Overlay)
 			if !ok || o.readOnly() || o.layers[0].noOCI {
 				rt.Skip("only an OCI-format upper is committed here")
+			}
+			ls.commitOracle = commitOracle
+			if len(handles) > 0 {
+				ls.commitOracle = nil // open handles keep the kernel's mount busy
 			}
 			ls.commit(rt)
 		},
