@@ -171,7 +171,8 @@ func visibleSorted(list []fs.FileInfo) []fs.FileInfo {
 // upper holds a copy, over the lowers' merged listing from the index. Only
 // the upper's listing is sorted here; the lowers' was sorted once.
 func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
-	var upper, lower []fs.FileInfo
+	var upper []fs.FileInfo
+	var hidden []string // what the upper's whiteouts hide
 	lowers := e.dirs
 	if lowers[0] == 0 {
 		list, err := o.layers[0].readDir(e.path)
@@ -181,7 +182,7 @@ func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
 		freezeAll(list)
 		upper, lowers = mergeDir([][]fs.FileInfo{list}), lowers[1:]
 		if len(lowers) > 0 {
-			lower = hiddenBy(list)
+			hidden = hiddenBy(list)
 		}
 	}
 	if len(lowers) == 0 {
@@ -191,19 +192,19 @@ func (o *Overlay) readMerged(e entry) ([]fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	return mergeSorted(upper, below, lower), nil
+	return mergeSorted(upper, below, hidden), nil
 }
 
-// hiddenBy returns the names that the whiteouts in list hide, as FileInfos
-// sorted by name, for mergeSorted.
-func hiddenBy(list []fs.FileInfo) []fs.FileInfo {
-	var hidden []fs.FileInfo
+// hiddenBy returns the names that the whiteouts in list hide, sorted, for
+// mergeSorted.
+func hiddenBy(list []fs.FileInfo) []string {
+	var hidden []string
 	for _, fi := range list {
 		if h, ok := hiddenName(fi.Name()); ok {
-			hidden = append(hidden, frozenInfo{name: h})
+			hidden = append(hidden, h)
 		}
 	}
-	slices.SortFunc(hidden, byName)
+	slices.Sort(hidden)
 	return hidden
 }
 
@@ -215,7 +216,7 @@ func hiddenBy(list []fs.FileInfo) []fs.FileInfo {
 // names over l lower ones, about u·log(l/u) name comparisons, rather than a
 // comparison per lower entry, each a trip through memory that grows slower
 // per entry as the directory outgrows the caches.
-func mergeSorted(upper, lower, hidden []fs.FileInfo) []fs.FileInfo {
+func mergeSorted(upper, lower []fs.FileInfo, hidden []string) []fs.FileInfo {
 	merged := make([]fs.FileInfo, 0, len(upper)+len(lower))
 	for len(lower) > 0 && (len(upper) > 0 || len(hidden) > 0) {
 		name, fromUpper := nextCut(upper, hidden)
@@ -229,7 +230,7 @@ func mergeSorted(upper, lower, hidden []fs.FileInfo) []fs.FileInfo {
 			merged = append(merged, upper[0])
 			upper = upper[1:]
 		}
-		for len(hidden) > 0 && hidden[0].Name() <= name {
+		for len(hidden) > 0 && hidden[0] <= name {
 			hidden = hidden[1:]
 		}
 	}
@@ -240,14 +241,14 @@ func mergeSorted(upper, lower, hidden []fs.FileInfo) []fs.FileInfo {
 // nextCut returns the smaller of the first names of upper and hidden, at
 // least one of which is not empty, and whether it is upper's: a name both
 // hold is upper's, which shows it.
-func nextCut(upper, hidden []fs.FileInfo) (name string, fromUpper bool) {
+func nextCut(upper []fs.FileInfo, hidden []string) (name string, fromUpper bool) {
 	switch {
 	case len(hidden) == 0:
 		return upper[0].Name(), true
 	case len(upper) == 0:
-		return hidden[0].Name(), false
+		return hidden[0], false
 	}
-	u, h := upper[0].Name(), hidden[0].Name()
+	u, h := upper[0].Name(), hidden[0]
 	if u <= h {
 		return u, true
 	}

@@ -177,16 +177,17 @@ func TestFSConformance(t *testing.T) {
 
 func TestMergeSorted(t *testing.T) {
 	tests := []struct {
-		name                 string
-		upper, lower, hidden []fs.FileInfo
-		want                 []string
+		name         string
+		upper, lower []fs.FileInfo
+		hidden       []string
+		want         []string
 	}{
 		{"interleaved", listing("b", "d"), listing("a", "c", "e"), nil, []string{"a", "b", "c", "d", "e"}},
 		{"upper wins", listing("b/"), listing("a", "b", "c"), nil, []string{"a", "b/", "c"}},
-		{"hidden lower names", listing("z"), listing("a", "b", "c"), listing("a", "c"), []string{"b", "z"}},
-		{"hidden but recreated above", listing("a"), listing("a/"), listing("a"), []string{"a"}},
+		{"hidden lower names", listing("z"), listing("a", "b", "c"), []string{"a", "c"}, []string{"b", "z"}},
+		{"hidden but recreated above", listing("a"), listing("a/"), []string{"a"}, []string{"a"}},
 		{"upper only", listing("x", "y"), nil, nil, []string{"x", "y"}},
-		{"lower only", nil, listing("x", "y"), listing("q"), []string{"x", "y"}},
+		{"lower only", nil, listing("x", "y"), []string{"q"}, []string{"x", "y"}},
 	}
 	for _, tt := range tests {
 		var got []string
@@ -233,7 +234,7 @@ func TestMergeSortedMatchesPlainMerge(t *testing.T) {
 			}
 		}
 		slices.SortFunc(want, byName)
-		if got := mergeSorted(up, low, listing(hidden...)); !reflect.DeepEqual(got, want) && len(got)+len(want) > 0 {
+		if got := mergeSorted(up, low, hidden); !reflect.DeepEqual(got, want) && len(got)+len(want) > 0 {
 			t.Fatalf("mergeSorted(%q, %q, hidden %q) = %v, want %v", upper, lower, hidden, got, want)
 		}
 	})
