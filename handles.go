@@ -25,10 +25,47 @@ type handleSet struct {
 	// removed, which Stat on the handle goes on reporting.
 	last map[*node]fs.FileInfo
 
-	// epoch counts the copy-ups, renames and removals reported, so that a
-	// handle about to be tracked can tell whether its file changed since
-	// it was looked up. It changes under mu.
-	epoch atomic.Uint64
+	// epoch counts the copy-ups, renames and removals reported, and
+	// changes holds the names the latest of them were made at, so that a
+	// handle about to be tracked can tell whether its file was moved,
+	// replaced or copied up since it was looked up, and not start over for
+	// a change elsewhere. Both change under mu.
+	epoch   atomic.Uint64
+	changes [keptChanges]change
+}
+
+// keptChanges is how many of the latest changes the set keeps the names
+// of; a handle looked up before those starts over.
+const keptChanges = 64
+
+// change holds the names one reported change was made at, each with
+// everything under it ("." is every name); b is "" but for a rename.
+type change struct{ a, b string }
+
+// touches reports whether the change may have moved, replaced or copied up
+// the file or directory at name.
+func (c change) touches(name string) bool {
+	return c.a == "." || under(name, c.a) || (c.b != "" && under(name, c.b))
+}
+
+// changed counts a change at a and b (see change). The caller holds s.mu.
+func (s *handleSet) changed(a, b string) {
+	s.changes[s.epoch.Add(1)%keptChanges] = change{a, b}
+}
+
+// touchedSince reports whether a change counted after the epoch since
+// touches name. The caller holds s.mu.
+func (s *handleSet) touchedSince(name string, since uint64) bool {
+	now := s.epoch.Load()
+	if now-since > keptChanges {
+		return true
+	}
+	for e := since + 1; e <= now; e++ {
+		if s.changes[e%keptChanges].touches(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // node is one handle's record of the file (read-only handles) or the
@@ -57,9 +94,9 @@ type node struct {
 	gen  atomic.Uint64 // bumped when copy is set
 }
 
-// acquire records that the handle of n has the file name open, unless
-// the set's epoch has moved on from since: then it reports false, and the
-// caller looks the name up again.
+// acquire records that the handle of n has the file name open, unless a
+// change counted after the epoch since touches name: then it reports
+// false, and the caller looks the name up again.
 func (s *handleSet) acquire(name string, n *node, since uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -82,7 +119,7 @@ func (s *handleSet) acquireWriter(name string, f *file, since uint64) bool {
 
 // add is acquire's worker. The caller holds s.mu.
 func (s *handleSet) add(name string, n *node, since uint64) bool {
-	if s.epoch.Load() != since {
+	if s.touchedSince(name, since) {
 		return false
 	}
 	if s.nodes == nil {
@@ -147,7 +184,7 @@ func (s *handleSet) name(n *node) (string, bool) {
 func (s *handleSet) copiedUp(name string, up *layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.epoch.Add(1)
+	s.changed(name, "")
 	for n := s.nodes[name]; n != nil; n = n.next {
 		if n.writer != nil {
 			continue // moved by the Commit that copies it up (see Overlay.copyUpWriters)
@@ -213,7 +250,7 @@ func (s *handleSet) movedUp(n *node) {
 func (s *handleSet) discarded() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.epoch.Add(1)
+	s.changed(".", "")
 	for p, first := range s.nodes {
 		var kept *node
 		for n := first; n != nil; {
@@ -239,7 +276,7 @@ func (s *handleSet) discarded() {
 func (s *handleSet) renamed(oldName, newName string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.epoch.Add(1)
+	s.changed(oldName, newName)
 	if oldName == newName {
 		return
 	}
@@ -297,7 +334,7 @@ func (s *handleSet) lastInfo(n *node) fs.FileInfo {
 func (s *handleSet) removed(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.epoch.Add(1)
+	s.changed(name, "")
 	s.forget(name)
 }
 

@@ -133,15 +133,53 @@ func TestHandleSetDiscardKeepsLowerFilesHandles(t *testing.T) {
 	}
 }
 
-func TestHandleSetRefusesStaleEpoch(t *testing.T) {
-	var s handleSet
-	since := s.epoch.Load()
-	s.copiedUp("f", &layer{fs: afero.NewMemMapFs(), rooted: true})
-	if s.acquire("f", new(node), since) {
-		t.Fatal("acquire with an epoch from before a copy-up succeeded")
+// TestHandleSetRefusesTouchedNames checks which changes between a lookup
+// and the tracking of its handle make acquire refuse: those that may have
+// moved, replaced or copied up the name looked up, and any change once the
+// set no longer keeps the names of all changes since the lookup. Changes
+// elsewhere, which racing calls make all the time, must not.
+func TestHandleSetRefusesTouchedNames(t *testing.T) {
+	up := &layer{fs: afero.NewMemMapFs(), rooted: true}
+	tests := []struct {
+		name   string
+		change func(s *handleSet)
+		refuse bool
+	}{
+		{"nothing", func(*handleSet) {}, false},
+		{"copy-up of the name", func(s *handleSet) { s.copiedUp("d/f", up) }, true},
+		{"copy-up of another name", func(s *handleSet) { s.copiedUp("d/g", up) }, false},
+		{"copy-up of a longer name", func(s *handleSet) { s.copiedUp("d/f2", up) }, false},
+		{"removal of the name", func(s *handleSet) { s.removed("d/f") }, true},
+		{"removal of its directory", func(s *handleSet) { s.removed("d") }, true},
+		{"removal of a sibling", func(s *handleSet) { s.removed("d/g") }, false},
+		{"rename of the name", func(s *handleSet) { s.renamed("d/f", "e") }, true},
+		{"rename of its directory", func(s *handleSet) { s.renamed("d", "e") }, true},
+		{"rename onto the name", func(s *handleSet) { s.renamed("x", "d/f") }, true},
+		{"rename onto its directory", func(s *handleSet) { s.renamed("x", "d") }, true},
+		{"rename elsewhere", func(s *handleSet) { s.renamed("x", "y") }, false},
+		{"Reset", func(s *handleSet) { s.discarded() }, true},
+		{"many changes elsewhere", func(s *handleSet) {
+			for range keptChanges {
+				s.removed("x")
+			}
+		}, false},
+		{"more changes elsewhere than are kept", func(s *handleSet) {
+			for range keptChanges + 1 {
+				s.removed("x")
+			}
+		}, true},
 	}
-	if !s.acquire("f", new(node), s.epoch.Load()) {
-		t.Fatal("acquire with the current epoch failed")
+	for _, tt := range tests {
+		var s handleSet
+		s.removed("before") // a change from before the lookup
+		since := s.epoch.Load()
+		tt.change(&s)
+		if got := !s.acquire("d/f", new(node), since); got != tt.refuse {
+			t.Errorf("%s: acquire refused = %v, want %v", tt.name, got, tt.refuse)
+		}
+		if !s.acquire("d/f", new(node), s.epoch.Load()) {
+			t.Errorf("%s: acquire with the current epoch failed", tt.name)
+		}
 	}
 }
 

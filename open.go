@@ -122,10 +122,10 @@ func (o *Overlay) writeHandle(name string, flag int, lf afero.File) *file {
 // since 4.19: a lower file's handle from the start, and an upper file's
 // too, since a Commit turns its file into a lower one. In a read-only
 // overlay nothing is ever copied up, so nothing is tracked. If the file was
-// copied up, renamed or removed since e was looked up (the handle set's
-// epoch has moved on from since), the handle would miss that, and might
-// have opened another file: it fails with errStale and the caller looks up
-// again.
+// copied up, renamed or removed since e was looked up (a change the handle
+// set counted after the epoch since touches its name), the handle would
+// miss that, and might have opened another file: it fails with errStale
+// and the caller looks up again.
 func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afero.File, error) {
 	lf, err := o.layers[e.layer].openReading(e.src(), name)
 	if err != nil {
