@@ -124,14 +124,12 @@ func (o *Overlay) copyUpForWriter(name string, flag int) (afero.File, error) {
 		return nil, syscall.ENOENT
 	case !r.inUpper():
 		tmp, err := o.copyToWork(r.entry, true)
+		if err == nil {
+			err = o.installCopy(tmp, name)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if err := o.placeCopy(tmp, name); err != nil {
-			o.discard(tmp)
-			return nil, err
-		}
-		o.handles.copiedUp(name, o.upper())
 	}
 	return o.layers[0].open(name, upperFlag(flag)&^os.O_TRUNC, 0)
 }

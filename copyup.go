@@ -38,9 +38,6 @@ func (o *Overlay) copyUpFile(e entry, data bool) error {
 	if err == nil && (!cur.found || cur.layer != e.layer) {
 		err = errStale
 	}
-	if err == nil {
-		err = o.placeCopy(tmp, e.path)
-	}
 	if err != nil {
 		o.discard(tmp)
 		if err == errStale {
@@ -48,7 +45,19 @@ func (o *Overlay) copyUpFile(e entry, data bool) error {
 		}
 		return err
 	}
-	o.handles.copiedUp(e.path, o.upper())
+	return o.installCopy(tmp, e.path)
+}
+
+// installCopy puts tmp, the finished copy of the lower file or symlink at
+// name, in place in the upper, and gives the read handles on the lower
+// file the copy; if it cannot be put in place, it is thrown away. The
+// caller holds o.mu for writing.
+func (o *Overlay) installCopy(tmp, name string) error {
+	if err := o.placeCopy(tmp, name); err != nil {
+		o.discard(tmp)
+		return err
+	}
+	o.handles.copiedUp(name, o.upper())
 	return nil
 }
 

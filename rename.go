@@ -248,12 +248,7 @@ func (o *Overlay) copyUpChild(parent entry, p string) error {
 	if err != nil {
 		return err
 	}
-	if err := o.placeCopy(tmp, p); err != nil {
-		o.discard(tmp)
-		return err
-	}
-	o.handles.copiedUp(p, o.upper())
-	return nil
+	return o.installCopy(tmp, p)
 }
 
 // markOpaqueKeepTimes makes the upper directory dir opaque without changing
