@@ -68,8 +68,9 @@ func (s *handleSet) touchedSince(name string, since uint64) bool {
 	return false
 }
 
-// node is one handle's record of the file or directory it has open. It lives in the handle, so that opening allocates
-// nothing more; the handles on one name are chained.
+// node is one handle's record of the file or directory it has open. It
+// lives in the handle, so that opening allocates nothing more; the handles
+// on one name are chained.
 type node struct {
 	path string
 	next *node // the next handle on the same name
