@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/afero"
+	"github.com/spf13/afero/mem"
 )
 
 // layer is one afero.Fs of the stack, addressed the way it expects: afero's
@@ -15,6 +16,7 @@ import (
 type layer struct {
 	fs     afero.Fs // nil for the missing upper of a read-only overlay
 	rooted bool     // whether names are passed as "/a/b" rather than "a/b"
+	memFs  bool     // whether fs is an *afero.MemMapFs
 
 	// noOCI is set where the layer's OCI markers (".wh." files) are not
 	// honoured: in a kernel-format upper.
@@ -50,7 +52,8 @@ func newLayer(fsys afero.Fs) layer {
 		}
 	}
 	_, host := hostRoot(fsys)
-	return layer{fs: fsys, rooted: true, host: host}
+	_, memFs := fsys.(*afero.MemMapFs)
+	return layer{fs: fsys, rooted: true, host: host, memFs: memFs}
 }
 
 // hostRoot returns the host directory that fsys is, and whether it is one:
@@ -170,6 +173,24 @@ func (l layer) readOpened(name string, f afero.File, err error) ([]fs.FileInfo, 
 // as spelled (see pathAs).
 func (l layer) openReading(name, spelled string) (afero.File, error) {
 	return l.fs.Open(l.pathAs(name, spelled))
+}
+
+// memFileInfo is what a lookup remembers of a regular file in a MemMapFs
+// lower: its FileInfo, frozen, and the file itself, which stays the same
+// since the lower does (lowers are read-only by contract).
+type memFileInfo struct {
+	frozenInfo
+	data *mem.FileData
+}
+
+// freeze returns fi, a FileInfo this lower gave, frozen (see remember). Of
+// a regular file in a MemMapFs it keeps the file too, so that opening it
+// costs no second lookup in the MemMapFs: a path cleaned, a lock, a map.
+func (l layer) freeze(fi fs.FileInfo) fs.FileInfo {
+	if mi, ok := fi.(*mem.FileInfo); ok && l.memFs && fi.Mode().IsRegular() {
+		return &memFileInfo{freeze(fi).(frozenInfo), mi.FileData}
+	}
+	return freeze(fi)
 }
 
 // open opens name in this layer.

@@ -105,7 +105,7 @@ func (o *Overlay) lowerRootEntry() (lowerEntry, error) {
 // every call, which racing lookups would contend for.
 func (o *Overlay) remember(p string, e lowerEntry) (lowerEntry, error) {
 	if e.info != nil {
-		e.info = freeze(e.info)
+		e.info = o.layers[e.layer].freeze(e.info)
 	}
 	if e.found && e.isDir() {
 		e.underUpper = slices.Clip(append([]int{0}, e.dirs...))

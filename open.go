@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/afero"
+	"github.com/spf13/afero/mem"
 )
 
 // openFile is OpenFile's worker; name is the caller's, clean the cleaned one.
@@ -127,11 +128,10 @@ func (o *Overlay) writeHandle(name string, flag int, lf afero.File) *file {
 // miss that, and might have opened another file: it fails with errStale
 // and the caller looks up again.
 func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afero.File, error) {
-	lf, err := o.layers[e.layer].openReading(e.src(), name)
+	f, err := o.newReader(name, e, flag)
 	if err != nil {
 		return nil, err
 	}
-	f := &file{o: o, name: name, flag: flag, f: lf}
 	if o.readOnly() {
 		return f, nil
 	}
@@ -141,11 +141,35 @@ func (o *Overlay) openReader(name string, e entry, flag int, since uint64) (afer
 	f.node = &f.own
 	f.node.inUpper = e.inUpper()
 	if !o.handles.acquire(e.path, f.node, since) {
-		_ = lf.Close() // best effort: the handle was never returned
+		_ = f.f.Close() // best effort: the handle was never returned
 		return nil, errStale
 	}
 	f.gen = f.node.gen.Load()
 	return f, nil
+}
+
+// newReader opens e's file in its layer for reading, and wraps it in a
+// handle. A regular file of a MemMapFs lower is opened as MemMapFs's Open
+// would open it, from the file that its lookup kept (see layer.freeze),
+// and in the same allocation as the handle.
+func (o *Overlay) newReader(name string, e entry, flag int) (*file, error) {
+	if mi, ok := e.info.(*memFileInfo); ok {
+		h := &memReader{file: file{o: o, name: name, flag: flag}, m: *mem.NewReadOnlyFileHandle(mi.data)}
+		h.f = &h.m
+		return &h.file, nil
+	}
+	lf, err := o.layers[e.layer].openReading(e.src(), name)
+	if err != nil {
+		return nil, err
+	}
+	return &file{o: o, name: name, flag: flag, f: lf}, nil
+}
+
+// memReader is a handle on a regular file of a MemMapFs lower, together
+// with the MemMapFs handle it wraps.
+type memReader struct {
+	file
+	m mem.File
 }
 
 // openDir opens the directory e. Its handle is tracked, so that it follows
