@@ -18,8 +18,16 @@ import (
 // directories that handles have open, so that they follow renames and see
 // removals.
 type handleSet struct {
-	mu    sync.Mutex       // guards nodes and every node's path, next, gone, inUpper and copy, and last
-	nodes map[string]*node // by resolved name: the first of the handles on it
+	mu     sync.Mutex        // guards chains, emptied, every chain and every node's next, gone, inUpper and copy, and last
+	chains map[string]*chain // by resolved name: the handles on it
+
+	// emptied counts the chains that lost their last handle since the
+	// empty ones were last dropped. An empty chain stays, so that the next
+	// handle on its name, most often the same name opened again, takes it
+	// up without a map insert, and the close before it made no map
+	// delete; the empty ones go once they may outnumber the others (see
+	// release).
+	emptied int
 
 	// last holds what a directory handle's directory was when it was
 	// removed, which Stat on the handle goes on reporting.
@@ -68,14 +76,39 @@ func (s *handleSet) touchedSince(name string, since uint64) bool {
 	return false
 }
 
+// chain is the handles on one name. Each handle's node points to its
+// chain, which holds the name: a rename renames the chain, and so every
+// handle on it.
+type chain struct {
+	path  string
+	first *node
+}
+
+// unlink takes n off the chain.
+func (c *chain) unlink(n *node) {
+	if c.first == n {
+		c.first = n.next
+		return
+	}
+	for p := c.first; p != nil; p = p.next {
+		if p.next == n {
+			p.next = n.next
+			return
+		}
+	}
+}
+
+// keptEmpty is how many empty chains the set keeps at least (see emptied).
+const keptEmpty = 64
+
 // node is one handle's record of the file or directory it has open. It
 // lives in the handle, so that opening allocates nothing more; the handles
 // on one name are chained.
 type node struct {
-	path string
-	next *node // the next handle on the same name
-	gone bool  // whether the name was removed or replaced
-	dir  bool  // whether the handle is a directory's
+	chain *chain // the handles on the name, which holds the name
+	next  *node  // the next handle on the same name
+	gone  bool   // whether the name was removed or replaced
+	dir   bool   // whether the handle is a directory's
 
 	// writer is the handle, if it is open to change its file, which a
 	// Commit moves to the file's copy in the new upper.
@@ -122,11 +155,16 @@ func (s *handleSet) add(name string, n *node, since uint64) bool {
 	if s.touchedSince(name, since) {
 		return false
 	}
-	if s.nodes == nil {
-		s.nodes = make(map[string]*node)
+	c := s.chains[name]
+	if c == nil {
+		if s.chains == nil {
+			s.chains = make(map[string]*chain)
+		}
+		c = &chain{path: name}
+		s.chains[name] = c
 	}
-	n.path, n.next = name, s.nodes[name]
-	s.nodes[name] = n
+	n.chain, n.next = c, c.first
+	c.first = n
 	return true
 }
 
@@ -136,26 +174,33 @@ func (s *handleSet) add(name string, n *node, since uint64) bool {
 func (s *handleSet) release(n *node) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.last, n)
+	if n.dir {
+		delete(s.last, n)
+	}
 	if n.copy != nil {
 		_ = n.copy.Close() // best effort: the copy was only opened
 		n.copy = nil
 	}
-	first := s.nodes[n.path]
-	switch {
-	case first == n && n.next == nil:
-		delete(s.nodes, n.path)
-		return
-	case first == n:
-		s.nodes[n.path] = n.next
+	if n.gone {
 		return
 	}
-	for p := first; p != nil; p = p.next {
-		if p.next == n {
-			p.next = n.next
-			return
+	n.chain.unlink(n)
+	if n.chain.first == nil {
+		s.emptied++
+		if s.emptied > keptEmpty && s.emptied > len(s.chains)/2 {
+			s.dropEmpty()
 		}
 	}
+}
+
+// dropEmpty drops the chains that hold no handle. The caller holds s.mu.
+func (s *handleSet) dropEmpty() {
+	for p, c := range s.chains {
+		if c.first == nil {
+			delete(s.chains, p)
+		}
+	}
+	s.emptied = 0
 }
 
 // takeCopy returns the upper copy opened for n's handle, if any, which the
@@ -173,7 +218,7 @@ func (s *handleSet) takeCopy(n *node) (afero.File, uint64) {
 func (s *handleSet) name(n *node) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return n.path, !n.gone
+	return n.chain.path, !n.gone
 }
 
 // copiedUp records that name now has its copy in the upper up, and opens
@@ -185,7 +230,11 @@ func (s *handleSet) copiedUp(name string, up *layer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.changed(name, "")
-	for n := s.nodes[name]; n != nil; n = n.next {
+	c := s.chains[name]
+	if c == nil {
+		return
+	}
+	for n := c.first; n != nil; n = n.next {
 		if n.writer != nil {
 			continue // moved by the Commit that copies it up (see Overlay.copyUpWriters)
 		}
@@ -207,8 +256,8 @@ func (s *handleSet) copiedUp(name string, up *layer) {
 func (s *handleSet) committed() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, first := range s.nodes {
-		for n := first; n != nil; n = n.next {
+	for _, c := range s.chains {
+		for n := c.first; n != nil; n = n.next {
 			n.inUpper = false
 		}
 	}
@@ -226,8 +275,8 @@ func (s *handleSet) liveWriters() []liveWriter {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var live []liveWriter
-	for p, first := range s.nodes {
-		for n := first; n != nil; n = n.next {
+	for p, c := range s.chains {
+		for n := c.first; n != nil; n = n.next {
 			if n.writer != nil {
 				live = append(live, liveWriter{p, n.writer})
 			}
@@ -251,9 +300,9 @@ func (s *handleSet) discarded() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.changed(".", "")
-	for p, first := range s.nodes {
+	for p, c := range s.chains {
 		var kept *node
-		for n := first; n != nil; {
+		for n := c.first; n != nil; {
 			next := n.next
 			if n.inUpper {
 				n.gone, n.next = true, nil
@@ -262,12 +311,12 @@ func (s *handleSet) discarded() {
 			}
 			n = next
 		}
+		c.first = kept
 		if kept == nil {
-			delete(s.nodes, p)
-		} else {
-			s.nodes[p] = kept
+			delete(s.chains, p)
 		}
 	}
+	s.emptied = 0 // no empty chain is left
 }
 
 // renamed records that oldName and everything under it moved to newName.
@@ -281,19 +330,16 @@ func (s *handleSet) renamed(oldName, newName string) {
 		return
 	}
 	s.forget(newName)
-	var moved []*node
-	for p, n := range s.nodes {
+	var moved []*chain
+	for p, c := range s.chains {
 		if under(p, oldName) {
-			delete(s.nodes, p)
-			moved = append(moved, n)
+			delete(s.chains, p)
+			moved = append(moved, c)
 		}
 	}
-	for _, first := range moved {
-		p := newName + first.path[len(oldName):]
-		for n := first; n != nil; n = n.next {
-			n.path = p
-		}
-		s.nodes[p] = first
+	for _, c := range moved {
+		c.path = newName + c.path[len(oldName):]
+		s.chains[c.path] = c
 	}
 }
 
@@ -303,11 +349,11 @@ func (s *handleSet) renamed(oldName, newName string) {
 func (s *handleSet) dirsUnder(name string, info func(path string) fs.FileInfo) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for p, first := range s.nodes {
+	for p, c := range s.chains {
 		if !under(p, name) {
 			continue
 		}
-		for n := first; n != nil; n = n.next {
+		for n := c.first; n != nil; n = n.next {
 			if !n.dir {
 				continue
 			}
@@ -341,10 +387,10 @@ func (s *handleSet) removed(name string) {
 // forget drops the handles on name and everything under it from the set,
 // marking them gone. The caller holds s.mu.
 func (s *handleSet) forget(name string) {
-	for p, first := range s.nodes {
+	for p, c := range s.chains {
 		if under(p, name) {
-			delete(s.nodes, p)
-			for n := first; n != nil; n = n.next {
+			delete(s.chains, p)
+			for n := c.first; n != nil; n = n.next {
 				n.gone = true
 			}
 		}

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -13,10 +14,18 @@ import (
 // chainOf returns the ids of the nodes the set holds for name, in order.
 func chainOf(s *handleSet, name string, ids map[*node]int) []int {
 	var got []int
-	for n := s.nodes[name]; n != nil; n = n.next {
+	for n := firstOn(s, name); n != nil; n = n.next {
 		got = append(got, ids[n])
 	}
 	return got
+}
+
+// firstOn returns the newest handle the set holds for name, nil if none.
+func firstOn(s *handleSet, name string) *node {
+	if c := s.chains[name]; c != nil {
+		return c.first
+	}
+	return nil
 }
 
 func TestHandleSetChains(t *testing.T) {
@@ -47,10 +56,50 @@ func TestHandleSetChains(t *testing.T) {
 			if got := chainOf(&s, "f", ids); !slices.Equal(got, tt.want) {
 				t.Fatalf("chain = %v, want %v", got, tt.want)
 			}
-			if _, ok := s.nodes["f"]; ok != (len(tt.want) > 0) {
-				t.Fatalf("name kept = %v with %d handles left", ok, len(tt.want))
+			n := new(node)
+			s.acquire("f", n, s.epoch.Load())
+			if c := s.chains["f"]; c.first != n || n.chain != c || len(s.chains) != 1 {
+				t.Fatalf("a new handle on f: chain %p first %p, want %p on the one chain", n.chain, c.first, n)
 			}
 		})
+	}
+}
+
+// TestHandleSetDropsEmptyChains checks that the chains of names no handle
+// is open on any more are dropped once they may outnumber the others, that
+// the chains of open handles never are, and that a name opened again takes
+// its chain up again.
+func TestHandleSetDropsEmptyChains(t *testing.T) {
+	var s handleSet
+	live := make([]*node, 100)
+	for i := range live {
+		live[i] = new(node)
+		s.acquire(fmt.Sprintf("live/%d", i), live[i], s.epoch.Load())
+	}
+	most := 0
+	for i := range 10000 {
+		n := new(node)
+		s.acquire(fmt.Sprintf("closed/%d", i), n, s.epoch.Load())
+		s.release(n)
+		most = max(most, len(s.chains))
+	}
+	if want := 2*len(live) + keptEmpty + 2; most > want {
+		t.Errorf("the set held up to %d chains for %d open handles, want at most %d", most, len(live), want)
+	}
+	for i, n := range live {
+		if p, ok := s.name(n); !ok || p != fmt.Sprintf("live/%d", i) || firstOn(&s, p) != n {
+			t.Fatalf("an open handle's chain was dropped: %q, %v", p, ok)
+		}
+	}
+	c := s.chains["again"]
+	for range 3 {
+		n := new(node)
+		s.acquire("again", n, s.epoch.Load())
+		if c != nil && n.chain != c {
+			t.Fatal("a name opened again got a new chain while its empty one was kept")
+		}
+		c = n.chain
+		s.release(n)
 	}
 }
 
@@ -73,8 +122,8 @@ func TestHandleSetFollowsEveryHandle(t *testing.T) {
 	}
 	s.renamed("d", "e")
 	for n, want := range map[*node]string{a: "e/f", b: "e/f", c: "e/g"} {
-		if n.path != want {
-			t.Errorf("after renaming d to e: a handle is at %q, want %q", n.path, want)
+		if p, ok := s.name(n); !ok || p != want {
+			t.Errorf("after renaming d to e: a handle is at %q, %v, want %q", p, ok, want)
 		}
 	}
 	s.removed("e/f")
@@ -86,13 +135,13 @@ func TestHandleSetFollowsEveryHandle(t *testing.T) {
 		t.Fatalf("a's copy reads %q, %v; want the upper copy", got, err)
 	}
 	s.release(a) // no longer held: nothing to do, nothing to break
-	if s.nodes["e/f"] != nil || s.nodes["e/g"] != c {
-		t.Fatalf("after removing e/f: nodes = %v", s.nodes)
+	if firstOn(&s, "e/f") != nil || firstOn(&s, "e/g") != c {
+		t.Fatalf("after removing e/f: chains = %v", s.chains)
 	}
 	n := new(node)
 	s.acquire("e/f", n, s.epoch.Load()) // a new file at the old name
 	s.release(b)                        // a handle on the removed file leaves the new one alone
-	if s.nodes["e/f"] != n {
+	if firstOn(&s, "e/f") != n {
 		t.Fatal("releasing a removed file's handle dropped the new file's")
 	}
 	if b.copy != nil {
@@ -108,14 +157,14 @@ func TestHandleSetDiscardKeepsLowerFilesHandles(t *testing.T) {
 	}
 	s.acquire("g", d, s.epoch.Load())
 	s.discarded()
-	if s.nodes["f"] != b || b.next != nil || s.nodes["g"] != d {
-		t.Fatalf("after a Reset: f's handles start at %p (b is %p, b.next %p), g's at %p (d is %p)", s.nodes["f"], b, b.next, s.nodes["g"], d)
+	if firstOn(&s, "f") != b || b.next != nil || firstOn(&s, "g") != d {
+		t.Fatalf("after a Reset: f's handles start at %p (b is %p, b.next %p), g's at %p (d is %p)", firstOn(&s, "f"), b, b.next, firstOn(&s, "g"), d)
 	}
 	if !a.gone || !c.gone || b.gone || d.gone {
 		t.Fatalf("after a Reset: gone a=%t b=%t c=%t d=%t, want the upper files' a and c", a.gone, b.gone, c.gone, d.gone)
 	}
 	s.release(a) // forgotten: nothing to do, nothing to break
-	if s.nodes["f"] != b {
+	if firstOn(&s, "f") != b {
 		t.Fatal("releasing a discarded file's handle dropped a lower file's")
 	}
 	s.committed()
@@ -238,7 +287,7 @@ func TestReadOnlyOpensAreNotTracked(t *testing.T) {
 		if upper == nil {
 			want = 0 // nothing is ever copied up
 		}
-		if got := len(o.handles.nodes); got != want {
+		if got := len(o.handles.chains); got != want {
 			t.Errorf("with upper %T: %d names tracked while a lower file is open, want %d", upper, got, want)
 		}
 		f.Close()
