@@ -110,13 +110,14 @@ type node struct {
 	gone  bool   // whether the name was removed or replaced
 	dir   bool   // whether the handle is a directory's
 
+	// inUpper says that the file the handle reads is in the upper layer,
+	// its own or the copy it was given, so that a Reset discards it. (The
+	// three flags sit together: the node lives in every handle.)
+	inUpper bool
+
 	// writer is the handle, if it is open to change its file, which a
 	// Commit moves to the file's copy in the new upper.
 	writer *file
-
-	// inUpper says that the file the handle reads is in the upper layer,
-	// its own or the copy it was given, so that a Reset discards it.
-	inUpper bool
 
 	// copy is the upper copy of a lower file, opened for the handle when
 	// the file was copied up, until the handle switches to it. It is that
