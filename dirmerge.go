@@ -292,6 +292,11 @@ type frozenInfo struct {
 
 // freeze reads fi's fields once.
 func freeze(fi fs.FileInfo) fs.FileInfo {
+	return frozenOf(fi)
+}
+
+// frozenOf is freeze for a caller that keeps the frozenInfo itself.
+func frozenOf(fi fs.FileInfo) frozenInfo {
 	return frozenInfo{fi.Name(), fi.Size(), fi.Mode(), fi.ModTime(), fi.Sys()}
 }
 
@@ -300,7 +305,7 @@ func freeze(fi fs.FileInfo) fs.FileInfo {
 func freezeAll(list []fs.FileInfo) {
 	block := make([]frozenInfo, len(list))
 	for i, fi := range list {
-		block[i] = frozenInfo{fi.Name(), fi.Size(), fi.Mode(), fi.ModTime(), fi.Sys()}
+		block[i] = frozenOf(fi)
 		list[i] = &block[i]
 	}
 }

@@ -188,7 +188,7 @@ type memFileInfo struct {
 // costs no second lookup in the MemMapFs: a path cleaned, a lock, a map.
 func (l layer) freeze(fi fs.FileInfo) fs.FileInfo {
 	if mi, ok := fi.(*mem.FileInfo); ok && l.memFs && fi.Mode().IsRegular() {
-		return &memFileInfo{freeze(fi).(frozenInfo), mi.FileData}
+		return &memFileInfo{frozenOf(fi), mi.FileData}
 	}
 	return freeze(fi)
 }
