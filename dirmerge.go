@@ -290,12 +290,7 @@ type frozenInfo struct {
 	sys     any
 }
 
-// freeze reads fi's fields once.
-func freeze(fi fs.FileInfo) fs.FileInfo {
-	return frozenOf(fi)
-}
-
-// frozenOf is freeze for a caller that keeps the frozenInfo itself.
+// frozenOf reads fi's fields once.
 func frozenOf(fi fs.FileInfo) frozenInfo {
 	return frozenInfo{fi.Name(), fi.Size(), fi.Mode(), fi.ModTime(), fi.Sys()}
 }

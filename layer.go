@@ -190,7 +190,7 @@ func (l layer) freeze(fi fs.FileInfo) fs.FileInfo {
 	if mi, ok := fi.(*mem.FileInfo); ok && l.memFs && fi.Mode().IsRegular() {
 		return &memFileInfo{frozenOf(fi), mi.FileData}
 	}
-	return freeze(fi)
+	return frozenOf(fi)
 }
 
 // open opens name in this layer.
